@@ -1,0 +1,54 @@
+"""Connectors: how a WebSocket to a node is opened.
+
+``DirectConnector`` reaches loopback nodes only. The Tor connector (SOCKS,
+one circuit per isolation tag) lives beside it and has the same shape.
+"""
+
+import socket
+from typing import Protocol
+
+import aiohttp
+
+from onionproto import BLOCK_SIZE, NodeAddress
+
+WEBSOCKET_PATH = "/onionpost"
+"""HTTP path of the relay WebSocket (docs/protocol/relay.md, "Transport")."""
+
+MAX_MESSAGE = BLOCK_SIZE
+
+
+class Connector(Protocol):
+    async def open(self, address: NodeAddress, isolation: str) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
+        """Open a WebSocket to ``address``. ``isolation`` names the circuit to use (Tor only)."""
+
+
+def set_nodelay(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Disable Nagle: 16 KB blocks and small acks must not wait for delayed ACKs."""
+    sock = ws.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class DirectConnector:
+    """Connects straight to loopback nodes; refuses .onion (that needs Tor)."""
+
+    def __init__(self, timeout: float = 10.0):
+        self.timeout = timeout
+
+    async def open(self, address: NodeAddress, isolation: str = ""):
+        if address.is_onion:
+            raise ConnectionError(f"{address.host} is an onion address: Tor is needed to reach it")
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout))
+        try:
+            ws = await session.ws_connect(
+                f"http://{host}:{address.port}{WEBSOCKET_PATH}",
+                max_msg_size=MAX_MESSAGE,
+                autoping=True,
+                heartbeat=None,
+            )
+        except BaseException:
+            await session.close()
+            raise
+        set_nodelay(ws)
+        return session, ws
