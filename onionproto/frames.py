@@ -302,6 +302,8 @@ def decode_transmission(item: object) -> Transmission:
     command_type = COMMANDS.get(name) if isinstance(name, str) else None
     if command_type is None:
         raise TransmissionError(ErrorCode.CMD, f"unknown command {name!r}", corr, queue)
+    if command_type is Send and isinstance(raw.get("body"), bytes) and len(raw["body"]) > MAX_BODY:
+        raise TransmissionError(ErrorCode.LARGE, f"body of {len(raw['body'])} bytes exceeds {MAX_BODY}", corr, queue)
     spec = dict(BODY_FIELDS, **command_type.FIELDS)
     try:
         checked = check_map(raw, spec, f"{name} body")
