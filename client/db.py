@@ -60,6 +60,64 @@ MIGRATIONS: list[str] = [
         UNIQUE (profile_id, address)
     ) STRICT;
     """,
+    # 2: invitations, contacts, messages, outbox (docs/client.md, "Storage").
+    """
+    CREATE TABLE invitations (
+        id INTEGER PRIMARY KEY,
+        profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+        inbound BLOB NOT NULL,              -- InboundQueue waiting for a connection request
+        secrets BLOB NOT NULL,              -- e2e InviterSecrets
+        link TEXT NOT NULL,
+        shared_as TEXT NOT NULL,            -- 'qr' or 'link': how we showed it
+        auto_accept INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE contacts (
+        id INTEGER PRIMARY KEY,
+        profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,                -- our local name for them
+        display_name TEXT,                  -- from their profile, once connected
+        bio TEXT,
+        role TEXT NOT NULL,                 -- 'inviter' or 'joiner'
+        state TEXT NOT NULL,                -- see client/agent.py, "Contact states"
+        provenance TEXT NOT NULL,           -- 'qr-screen', 'qr-image' or 'link'
+        verified INTEGER NOT NULL DEFAULT 0,
+        inbound BLOB,                       -- InboundQueue we read
+        next_inbound BLOB,                  -- during rotation: the queue replacing it
+        outbound BLOB,                      -- OutboundQueue we write to
+        handshake BLOB,                     -- pending handshake state (request or JoinerPending)
+        ratchet BLOB,                       -- e2e RatchetState
+        send_chain BLOB,
+        recv_chain BLOB,
+        last_mid BLOB,                      -- last delivery stored, to skip redeliveries
+        created_at INTEGER NOT NULL,
+        UNIQUE (profile_id, alias)
+    ) STRICT;
+
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        contact_id INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+        direction TEXT NOT NULL,            -- 'out' or 'in'
+        seq INTEGER,                        -- chain sequence number
+        text TEXT NOT NULL,
+        state TEXT NOT NULL,                -- out: pending, sent, delivered; in: received
+        notice TEXT,                        -- chain finding shown with the message (gap, reordered, ...)
+        created_at INTEGER NOT NULL,        -- sent (out) or received (in), unix seconds
+        UNIQUE (contact_id, direction, seq)
+    ) STRICT;
+
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        contact_id INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+        message_id INTEGER REFERENCES messages(id) ON DELETE SET NULL,
+        queue BLOB,                         -- fixed OutboundQueue (handshake, rotation); NULL: the contact's current one
+        body BLOB NOT NULL,                 -- the exact bytes to SEND, encrypted once
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    """,
 ]
 
 

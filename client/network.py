@@ -1,0 +1,214 @@
+"""The client's side of the relay protocol: one link per queue, sends through our own relays.
+
+Every queue (inbound or outbound) gets its own ``RelayLink`` (its own socket,
+and over Tor its own circuit, named by the queue's isolation tag). A send to a
+queue on one of our trusted relays goes directly; a send to any other relay is
+sealed for that relay and forwarded by one of ours (docs/protocol/relay.md,
+"Forwarding").
+"""
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from onionproto import (
+    Ack,
+    Delete,
+    Forward,
+    ForwardResult,
+    Get,
+    Message,
+    New,
+    NoMessage,
+    Ok,
+    QueueIds,
+    SecureQueue,
+    Send,
+    Subscribe,
+    crypto,
+    forward,
+    parse_node_address,
+)
+from onionproto.delivery import open_message
+from onionproto.frames import Error, SubscriptionEnded
+from transport import Connector, DirectConnector, LinkClosed, RelayError, RelayLink
+
+from .queues import InboundQueue, OutboundQueue
+
+
+@dataclass(frozen=True)
+class TrustedRelay:
+    address: str
+    access_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message the relay handed us, opened from its delivery box."""
+
+    queue: InboundQueue
+    mid: bytes
+    timestamp: int
+    body: bytes
+
+
+
+class NoRelayError(Exception):
+    """None of our trusted relays could be used."""
+
+
+class Network:
+    def __init__(
+        self,
+        trusted: list[TrustedRelay],
+        *,
+        connector: Connector | None = None,
+        clock: Callable[[], float] = time.time,
+        rng=os.urandom,
+        timeout: float = 30.0,
+    ):
+        self.trusted = list(trusted)
+        self._connector = connector or DirectConnector()
+        self._clock = clock
+        self._rng = rng
+        self._timeout = timeout
+        self._links: dict[str, RelayLink] = {}
+        self._subscriptions: dict[bytes, InboundQueue] = {}
+        self.deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+        """Messages pushed to subscribed queues, in arrival order. Each must be ACKed."""
+
+    # --- links -------------------------------------------------------------
+
+    async def _link(self, relay: str, tag: str) -> RelayLink:
+        key = f"{tag}@{relay}"
+        link = self._links.get(key)
+        if link is not None and link.is_open:
+            return link
+        address = parse_node_address(relay)
+        link = await RelayLink.connect(
+            address, connector=self._connector, isolation=tag, on_push=self._on_push, timeout=self._timeout
+        )
+        self._links[key] = link
+        return link
+
+    async def close(self) -> None:
+        links, self._links = list(self._links.values()), {}
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+
+    # --- inbound queues ----------------------------------------------------
+
+    async def create_queue(self, relay: TrustedRelay) -> InboundQueue:
+        """NEW on ``relay``; returns the queue with its keys (not yet secured)."""
+        rpub, rsec = crypto.signing_keypair(self._rng)
+        dpub, dsec = crypto.dh_keypair(self._rng)
+        tag = "new:" + self._rng(16).hex()
+        link = await self._link(relay.address, tag)
+        try:
+            ids = await link.request(New(rpub, dpub, relay.access_key), None, rsec)
+        finally:
+            await self._drop(relay.address, tag)
+        assert isinstance(ids, QueueIds)
+        return InboundQueue(relay.address, ids.rid, ids.snd, rsec, crypto.queue_secret(dsec, ids.dhkey))
+
+    async def secure_queue(self, queue: InboundQueue, sender_public: bytes) -> InboundQueue:
+        link = await self._link(queue.relay, queue.tag)
+        await link.request(SecureQueue(sender_public), queue.rid, queue.recipient_secret)
+        return InboundQueue(queue.relay, queue.rid, queue.snd, queue.recipient_secret, queue.queue_key, sender_public)
+
+    async def delete_queue(self, queue: InboundQueue) -> None:
+        link = await self._link(queue.relay, queue.tag)
+        await link.request(Delete(), queue.rid, queue.recipient_secret)
+        await self._drop(queue.relay, queue.tag)
+
+    async def get(self, queue: InboundQueue) -> Delivery | None:
+        link = await self._link(queue.relay, queue.tag)
+        response = await link.request(Get(), queue.rid, queue.recipient_secret)
+        if isinstance(response, NoMessage):
+            return None
+        return self._open(queue, response)
+
+    async def subscribe(self, queue: InboundQueue) -> None:
+        """SUB: deliveries (one at a time per queue, the next after each ACK) go to ``deliveries``."""
+        self._subscriptions[queue.rid] = queue
+        link = await self._link(queue.relay, queue.tag)
+        await link.request(Subscribe(), queue.rid, queue.recipient_secret)
+
+    async def resubscribe(self) -> list[Exception]:
+        """Re-SUB every subscribed queue whose link has closed (relay restarted, circuit died).
+
+        Returns the errors of queues that could not be resubscribed (tried again next call).
+        """
+        errors = []
+        for queue in list(self._subscriptions.values()):
+            link = self._links.get(f"{queue.tag}@{queue.relay}")
+            if link is not None and link.is_open:
+                continue
+            try:
+                await self.subscribe(queue)
+            except (LinkClosed, RelayError, OSError) as exc:
+                errors.append(exc)
+        return errors
+
+    def unsubscribe(self, queue: InboundQueue) -> None:
+        self._subscriptions.pop(queue.rid, None)
+
+    async def ack(self, queue: InboundQueue, mid: bytes) -> None:
+        link = await self._link(queue.relay, queue.tag)
+        try:
+            await link.request(Ack(mid), queue.rid, queue.recipient_secret)
+        except RelayError as exc:
+            if exc.code != "NO_MSG":  # already acknowledged (e.g. before a crash)
+                raise
+
+    def _open(self, queue: InboundQueue, message: Message) -> Delivery:
+        timestamp, body = open_message(queue.queue_key, message.box)
+        return Delivery(queue, message.mid, timestamp, body)
+
+    async def _on_push(self, rid: bytes | None, response) -> None:
+        queue = self._subscriptions.get(rid) if rid else None
+        if queue is None:
+            return
+        if isinstance(response, Message):
+            # Queued, not handled here: handling ACKs over this link, whose reader is us.
+            self.deliveries.put_nowait(self._open(queue, response))
+        elif isinstance(response, SubscriptionEnded):
+            self._subscriptions.pop(rid, None)
+
+    # --- outbound queues -----------------------------------------------------
+
+    async def send(self, queue: OutboundQueue, body: bytes) -> None:
+        """Deliver ``body`` to ``queue``: directly if its relay is ours, else forwarded by ours.
+
+        Raises:
+            RelayError: the (destination) relay refused; ``retry_later`` says if it is worth retrying.
+            LinkClosed / NoRelayError: no relay could be reached; the message stays pending.
+        """
+        key = queue.sender_secret if queue.secured else None
+        if any(r.address == queue.relay for r in self.trusted):
+            link = await self._link(queue.relay, queue.tag)
+            await link.request(Send(body), queue.snd, key)
+            return
+        destination = parse_node_address(queue.relay)
+        envelope, response_key = forward.seal_send(destination.key, queue.snd, Send(body), key, int(self._clock()), self._rng)
+        last_error: Exception | None = None
+        for relay in self.trusted:
+            try:
+                link = await self._link(relay.address, queue.tag)
+                result = await link.request(Forward(queue.relay, envelope))
+            except LinkClosed as exc:
+                last_error = exc
+                continue
+            assert isinstance(result, ForwardResult)
+            answer = forward.open_response(response_key, result.env)
+            if isinstance(answer, Error):
+                raise RelayError(answer.code, answer.detail)
+            assert isinstance(answer, Ok)
+            return
+        raise NoRelayError(f"none of your relays could be reached ({last_error})" if last_error else "you have no trusted relay")
+
+    async def _drop(self, relay: str, tag: str) -> None:
+        link = self._links.pop(f"{tag}@{relay}", None)
+        if link is not None:
+            await link.close()
