@@ -291,6 +291,8 @@ class Agent:
         contact = self.contact(alias)
         if contact.state not in ("connected", "accepted"):
             raise AgentError(f"{alias} is not connected yet (state: {contact.state})")
+        if not text.strip():
+            raise AgentError("the message is empty")
         if len(text.encode()) > MAX_TEXT:
             raise AgentError(f"message too long: at most {MAX_TEXT} bytes")
         with self.db.transaction():
