@@ -1,0 +1,123 @@
+"""A long conversation across two relays survives a killed client and restarted relays."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from client.db import open_database
+
+from .conftest import PASSWORD, REPO, Person, close_agent, connect_pair
+
+N = 100
+
+
+def incoming_texts(person: Person, alias: str) -> list[str]:
+    db = open_database(person.home, PASSWORD, create=False)
+    try:
+        rows = db.fetch_all(
+            "SELECT m.text FROM messages m JOIN contacts c ON c.id = m.contact_id "
+            "WHERE c.alias = ? AND m.direction = 'in' ORDER BY m.seq",
+            (alias,),
+        )
+    finally:
+        db.close()
+    return [r[0] for r in rows]
+
+
+def receive_and_kill(person: Person, alias: str, kill_after: int) -> None:
+    """Run 'onionpost receive' and SIGKILL it once it has stored ``kill_after`` messages."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onionpost", "--home", str(person.home), "receive", "--wait", "5"],
+        cwd=REPO, env=dict(os.environ, ONIONPOST_PASSWORD=PASSWORD),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(incoming_texts(person, alias)) < kill_after:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "receive made no progress"
+            time.sleep(0.05)
+        assert proc.poll() is None, "receive ended before it could be killed midway"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def receive_until(person: Person, alias: str, count: int, sender: Person | None = None) -> list[str]:
+    """Receive until ``count`` messages are stored; ``sender`` retries its pending sends in between."""
+    for _ in range(10):
+        if sender is not None:
+            assert sender.cli("receive", "--wait", "0.5").returncode == 0
+        result = person.cli("receive", "--wait", "1")
+        assert result.returncode == 0, result.stderr
+        texts = incoming_texts(person, alias)
+        if len(texts) >= count:
+            return texts
+    return incoming_texts(person, alias)
+
+
+async def send_all(agent, alias: str, texts: list[str]) -> None:
+    for text in texts:
+        await agent.send(alias, text)
+
+
+@pytest.mark.timeout(300)
+async def test_hundred_messages_each_way_with_kills_and_restarts(nodes, tmp_path):
+    relay_a, relay_b = nodes("relay-a"), nodes("relay-b")
+    alice = Person(tmp_path / "alice", "alice", [relay_a])
+    bob = Person(tmp_path / "bob", "bob", [relay_b])
+    a, b = alice.agent(), bob.agent()
+    try:
+        bob_alias, alice_alias = await connect_pair(a, b)
+    finally:
+        await close_agent(a), await close_agent(b)
+
+    # Alice -> Bob: Bob's relay is killed midway (sends stay pending), Bob's client is killed midway.
+    a = alice.agent()
+    try:
+        await send_all(a, bob_alias, [f"a2b {i}" for i in range(1, 41)])
+        relay_b.kill()
+        await send_all(a, bob_alias, [f"a2b {i}" for i in range(41, 61)])
+        pending = a.history(bob_alias, limit=N)
+        assert any(m["state"] == "pending" for m in pending), "sends to a dead relay must stay pending"
+        relay_b.start()
+        await send_all(a, bob_alias, [f"a2b {i}" for i in range(61, N + 1)])
+        assert await a.flush() == 0
+    finally:
+        await close_agent(a)
+    receive_and_kill(bob, alice_alias, kill_after=30)
+    assert incoming_texts(bob, alice_alias) == [f"a2b {i}" for i in range(1, len(incoming_texts(bob, alice_alias)) + 1)]
+    assert receive_until(bob, alice_alias, N) == [f"a2b {i}" for i in range(1, N + 1)]
+
+    # Bob -> Alice: Alice's relay restarted (SIGTERM) midway, Alice's client killed midway.
+    b = bob.agent()
+    try:
+        await send_all(b, alice_alias, [f"b2a {i}" for i in range(1, 51)])
+        relay_a.stop()
+        relay_a.start()
+        await send_all(b, alice_alias, [f"b2a {i}" for i in range(51, N + 1)])
+        # Alice's queue also holds Bob's 100 receipts: past its quota (128) the rest waits in Bob's outbox.
+        assert await b.flush() > 0
+    finally:
+        await close_agent(b)
+    receive_and_kill(alice, bob_alias, kill_after=20)
+    assert receive_until(alice, bob_alias, N, sender=bob) == [f"b2a {i}" for i in range(1, N + 1)]
+
+    # Receipts flow back: every message Alice sent ends up delivered.
+    a = alice.agent()
+    try:
+        await a.receive(wait=1)
+        states = {m["state"] for m in a.history(bob_alias, limit=3 * N) if m["direction"] == "out"}
+    finally:
+        await close_agent(a)
+    assert states == {"delivered"}
+    # Nothing was shown twice: the store holds each message once.
+    assert len(incoming_texts(bob, alice_alias)) == N and len(incoming_texts(alice, bob_alias)) == N
