@@ -80,3 +80,22 @@ async def connect_pair(inviter: Agent, joiner: Agent, *, via: str = "link", alia
     mine = joiner.contact_by_id(joined.id)
     assert theirs.state == "connected" and mine.state == "connected", (theirs, mine)
     return theirs.alias, mine.alias
+
+
+async def start_in_process(data_dir: Path, patch=None):
+    """Serve a node data directory in this process (so a test can patch or watch it); returns the runner."""
+    from aiohttp import web
+
+    from node.datadir import DataDir
+    from node.server import NODE_KEY, make_app
+    from node.store import SQLiteQueueStore
+
+    data = DataDir(data_dir)
+    config = data.load_config()
+    app = make_app(config, data.load_identity(), SQLiteQueueStore(data.db_path))
+    if patch is not None:
+        patch(app[NODE_KEY])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port).start()
+    return runner

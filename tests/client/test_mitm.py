@@ -3,34 +3,25 @@
 import dataclasses
 
 import pytest
-from aiohttp import web
-
 from client.e2e import create_invitation, create_request
-from node.datadir import DataDir
-from node.server import NODE_KEY, make_app
-from node.store import SQLiteQueueStore
 from onionproto import Send
 
-from .conftest import Person, close_agent
+from .conftest import Person, close_agent, start_in_process
 
 async def start_rewriting_node(data_dir, rewrite):
     """An in-process node whose mailbox passes every unsigned SEND body through ``rewrite``."""
-    data = DataDir(data_dir)
-    config = data.load_config()
-    app = make_app(config, data.load_identity(), SQLiteQueueStore(data.db_path))
-    mailbox = app[NODE_KEY].mailbox
-    honest_send = mailbox.send
 
-    def send(t):
-        if not t.signature:
-            t = dataclasses.replace(t, command=Send(rewrite(t.command.body)))
-        return honest_send(t)
+    def patch(node):
+        honest_send = node.mailbox.send
 
-    mailbox.send = send
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, config.host, config.port).start()
-    return runner
+        def send(t):
+            if not t.signature:
+                t = dataclasses.replace(t, command=Send(rewrite(t.command.body)))
+            return honest_send(t)
+
+        node.mailbox.send = send
+
+    return await start_in_process(data_dir, patch)
 
 
 def substitute_request(body: bytes) -> bytes:
