@@ -1,0 +1,8 @@
+"""Tor configuration for onionpost: private test networks, tor processes, control.
+
+The only package of the project that imports stem.
+"""
+
+from torconfig.errors import ControlError, TorError
+
+__all__ = ["ControlError", "TorError"]

@@ -6,20 +6,13 @@ passes one tag per one-directional queue, so no circuit (and no socket)
 carries two queues. Loopback nodes are reached directly (local development).
 """
 
-import hashlib
-
 import aiohttp
 from aiohttp_socks import ProxyConnector, ProxyType
 
 from onionproto import NodeAddress
+from torconfig.socks import isolation_credentials
 
 from .connector import MAX_MESSAGE, WEBSOCKET_PATH, DirectConnector, set_nodelay
-
-
-def isolation_credentials(tag: str) -> tuple[str, str]:
-    """SOCKS (username, password) for a tag: distinct tags get distinct circuits."""
-    digest = hashlib.sha256(b"onionpost/1 socks " + tag.encode()).hexdigest()
-    return digest[:32], digest[32:]
 
 
 class TorConnector:

@@ -1,0 +1,94 @@
+"""Fixtures for tests that run real tor: ONE private network per test session."""
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from aiohttp import web
+
+from tor_helpers import assert_all_stopped, require_tor
+from torconfig.control import TorControl
+from torconfig.launch import TorProcess, start_tor
+from torconfig.testnet import PrivateTorNetwork
+
+
+@pytest.fixture(scope="session")
+def tor_network(tmp_path_factory) -> Iterator[PrivateTorNetwork]:
+    """A running 3-authority + 4-relay network, stopped by PID at session end."""
+    require_tor()
+    network = PrivateTorNetwork(tmp_path_factory.mktemp("testnet"))
+    try:
+        network.up()
+        yield network
+    finally:
+        pids = [node["pid"] for node in network.status()["nodes"]]
+        network.down()
+        assert_all_stopped(pids)
+
+
+@pytest.fixture(scope="session")
+def tors(tor_network, tmp_path_factory) -> Iterator[tuple[TorProcess, TorProcess]]:
+    """(client tor with SOCKS, onion-service host tor), started in parallel."""
+    base = tmp_path_factory.mktemp("tors")
+    started: list[TorProcess] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(start_tor, base / name, testnet_dir=tor_network.directory, socks=socks)
+                       for name, socks in (("client", True), ("host", False))]
+            errors = []
+            for future in futures:  # collect both, so neither tor is left running
+                try:
+                    started.append(future.result())
+                except Exception as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
+        yield started[0], started[1]
+    finally:
+        for tor in started:
+            tor.stop()
+        assert_all_stopped([tor.pid for tor in started])
+
+
+@pytest.fixture(scope="session")
+def client_tor(tors) -> TorProcess:
+    return tors[0]
+
+
+@pytest.fixture(scope="session")
+def onion_host_tor(tors) -> TorProcess:
+    return tors[1]
+
+
+@pytest.fixture
+async def client_control(client_tor):
+    control = await TorControl.connect(client_tor.control_port)
+    yield control
+    await control.close()
+
+
+@pytest.fixture
+async def host_control(onion_host_tor):
+    control = await TorControl.connect(onion_host_tor.control_port, cookie_path=onion_host_tor.control_cookie_path)
+    yield control
+    await control.close()
+
+
+@pytest.fixture
+async def web_port():
+    """A local aiohttp server answering ``GET /<anything>`` with ``hello <anything>``."""
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.match_info['name']}")
+
+    app = web.Application()
+    app.router.add_get("/{name}", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield runner.addresses[0][1]
+    await runner.cleanup()
+
+
+def pytest_configure(config):
+    # stem 1.8 calls Thread.setDaemon(), deprecated since Python 3.10.
+    config.addinivalue_line("filterwarnings", "ignore:setDaemon:DeprecationWarning:stem")

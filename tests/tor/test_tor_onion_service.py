@@ -1,0 +1,37 @@
+"""Onion services published through publish_onion, reached through the client tor."""
+
+import os
+
+import pytest
+
+from tor_helpers import fetch, socks_session
+from torconfig import onion_keys
+from torconfig.socks import isolation_credentials
+
+pytestmark = pytest.mark.tor
+
+
+@pytest.mark.timeout(120)
+async def test_onion_service_serves_aiohttp(client_tor, host_control, web_port):
+    seed = os.urandom(32)
+    address = await host_control.publish_onion(seed, {80: web_port})
+    assert address == onion_keys.onion_address_of_key(seed)
+    async with socks_session(client_tor, isolation_credentials("serve")) as session:
+        body = await fetch(session, f"http://{address}/world")
+    assert body == "hello world"
+    await host_control.remove_onion(address)
+
+
+@pytest.mark.timeout(120)
+async def test_persistent_key_keeps_its_address(client_tor, host_control, web_port):
+    seed = os.urandom(32)
+    first = await host_control.publish_onion(seed, {80: web_port})
+    await host_control.remove_onion(first)
+    # The same key as tor's expanded form (as stored in hs_ed25519_secret_key).
+    expanded = onion_keys.from_secret_key_file(onion_keys.to_secret_key_file(seed))
+    second = await host_control.publish_onion(expanded, {80: web_port})
+    assert second == first == onion_keys.onion_address_of_key(seed)
+    async with socks_session(client_tor, isolation_credentials("persistent")) as session:
+        body = await fetch(session, f"http://{second}/again")
+    assert body == "hello again"
+    await host_control.remove_onion(second)

@@ -1,0 +1,38 @@
+"""Helpers for the tor tests: skipping without tor, process checks, HTTP over SOCKS."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession, ClientTimeout
+from aiohttp_socks import ProxyConnector, ProxyType
+
+from torconfig import process
+from torconfig.launch import TorProcess
+
+
+def require_tor() -> None:
+    """Skip the test unless tor and tor-gencert are installed."""
+    if not (shutil.which("tor") or Path("/usr/sbin/tor").exists()) or not shutil.which("tor-gencert"):
+        pytest.skip("tor and tor-gencert are not installed")
+
+
+def assert_all_stopped(pids: list[int]) -> None:
+    """Fail if any of these processes is still alive."""
+    alive = [pid for pid in pids if process.pid_alive(pid)]
+    assert not alive, f"tor processes still alive: {alive}"
+
+
+def socks_session(client: TorProcess, credentials: tuple[str, str]) -> ClientSession:
+    """An aiohttp session whose connections go through tor with these SOCKS credentials."""
+    username, password = credentials
+    connector = ProxyConnector(proxy_type=ProxyType.SOCKS5, host="127.0.0.1", port=client.socks_port,
+                               username=username, password=password, rdns=True)
+    return ClientSession(connector=connector, timeout=ClientTimeout(total=60))
+
+
+async def fetch(session: ClientSession, url: str) -> str:
+    """GET ``url`` and return the body."""
+    async with session.get(url) as response:
+        response.raise_for_status()
+        return await response.text()

@@ -1,0 +1,175 @@
+"""A thin async layer over stem's blocking Controller (run in threads)."""
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import stem
+import stem.connection
+import stem.control
+from stem.control import EventType, Signal
+
+from torconfig import onion_keys
+from torconfig.errors import ControlError
+
+T = TypeVar("T")
+PUBLISH_TIMEOUT = 90.0
+_PHASE = re.compile(r'PROGRESS=(\d+) TAG=(\S+) SUMMARY="((?:[^"\\]|\\.)*)"(?:.*WARNING="((?:[^"\\]|\\.)*)")?')
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Bootstrap state: percent done, phase tag and summary (plus a warning, if any)."""
+
+    progress: int
+    tag: str
+    summary: str
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """One circuit; ``socks_username``/``password`` are its isolation credentials."""
+
+    id: str
+    status: str
+    purpose: str | None
+    path: tuple[tuple[str, str | None], ...]
+    socks_username: str | None
+    socks_password: str | None
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One stream; ``source_port`` is the local port of the SOCKS client, if seen."""
+
+    id: str
+    status: str
+    circuit_id: str | None
+    target: str
+    source_port: int | None
+
+
+def parse_bootstrap_phase(text: str) -> Bootstrap:
+    """Parse ``GETINFO status/bootstrap-phase`` (or a BOOTSTRAP status event)."""
+    match = _PHASE.search(text)
+    if not match:
+        raise ControlError(f"unexpected bootstrap status: {text!r}")
+    return Bootstrap(int(match[1]), match[2], match[3], match[4])
+
+
+class TorControl:
+    """An authenticated control connection; create with ``await TorControl.connect(...)``."""
+
+    def __init__(self, controller: stem.control.Controller):
+        self._controller = controller
+        self._sources: dict[str, int] = {}  # stream id -> SOCKS client port
+        self._lock = threading.Lock()
+        controller.add_event_listener(self._on_stream, EventType.STREAM)
+
+    @classmethod
+    async def connect(cls, port: int, *, password: str | None = None,
+                      cookie_path: Path | None = None, host: str = "127.0.0.1") -> "TorControl":
+        """Connect to a control port and authenticate (cookie, or password).
+
+        Args:
+            port: the control port on ``host``.
+            password: for HashedControlPassword; otherwise cookie auth is used.
+            cookie_path: cookie file to use instead of the one tor announces.
+        """
+        def connect() -> "TorControl":
+            controller = stem.control.Controller.from_port(address=host, port=port)
+            try:
+                info = stem.connection.get_protocolinfo(controller)
+                if cookie_path is not None:
+                    info.cookie_path = str(cookie_path)
+                controller.authenticate(password=password, protocolinfo_response=info)
+                return cls(controller)
+            except BaseException:
+                controller.close()
+                raise
+
+        return await _run(connect)
+
+    def _on_stream(self, event) -> None:
+        # GETINFO stream-status has no source address; only STREAM NEW events do.
+        with self._lock:
+            if event.source_port:
+                self._sources[event.id] = int(event.source_port)
+            if event.status in (stem.StreamStatus.CLOSED, stem.StreamStatus.FAILED):
+                self._sources.pop(event.id, None)
+
+    async def bootstrap_progress(self) -> Bootstrap:
+        """Return tor's current bootstrap state."""
+        return parse_bootstrap_phase(await _run(self._controller.get_info, "status/bootstrap-phase"))
+
+    async def publish_onion(self, key: bytes, port_map: Mapping[int, int | str],
+                            await_publication: bool = True, *, timeout: float = PUBLISH_TIMEOUT,
+                            detached: bool = False) -> str:
+        """Publish an onion service whose address is fixed by ``key``.
+
+        Args:
+            key: 32-byte Ed25519 seed or tor's 64-byte expanded secret key.
+            port_map: virtual port -> local target (a port or "host:port").
+            await_publication: wait until a descriptor is uploaded (gotcha 6).
+            timeout: seconds to wait for the upload.
+            detached: keep the service after this control connection closes.
+
+        Returns:
+            The ``<56 chars>.onion`` address.
+        """
+        address = onion_keys.onion_address_of_key(key)
+        response = await _run(
+            self._controller.create_ephemeral_hidden_service,
+            dict(port_map), key_type="ED25519-V3", key_content=onion_keys.tor_key_blob(key),
+            detached=detached, await_publication=await_publication,
+            timeout=timeout if await_publication else None,
+        )
+        if response.service_id + onion_keys.ONION_SUFFIX != address:
+            raise ControlError(f"tor published {response.service_id}, expected {address}")
+        return address
+
+    async def remove_onion(self, address: str) -> None:
+        """Stop an onion service published by ``publish_onion``."""
+        if not await _run(self._controller.remove_ephemeral_hidden_service, onion_keys.service_id(address)):
+            raise ControlError(f"no such onion service: {address}")
+
+    async def circuits(self) -> list[Circuit]:
+        """Return the circuits tor has now."""
+        return [
+            Circuit(c.id, str(c.status), None if c.purpose is None else str(c.purpose), tuple(c.path),
+                    c.socks_username, c.socks_password)
+            for c in await _run(self._controller.get_circuits)
+        ]
+
+    async def streams(self) -> list[Stream]:
+        """Return the open streams (source ports of streams opened since connect)."""
+        streams = await _run(self._controller.get_streams)
+        with self._lock:
+            return [Stream(s.id, str(s.status), s.circ_id, s.target, self._sources.get(s.id)) for s in streams]
+
+    async def new_identity(self) -> None:
+        """Send NEWNYM: new circuits for new streams, and clear cached onion lookups."""
+        await _run(self._controller.signal, Signal.NEWNYM)
+
+    async def close(self) -> None:
+        """Close the connection (ephemeral, non-detached onions go with it)."""
+        await asyncio.to_thread(self._controller.close)
+
+    async def __aenter__(self) -> "TorControl":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+
+async def _run(function: Callable[..., T], *args, **kwargs) -> T:
+    """Run a blocking stem call in a thread; raise ControlError for stem's errors."""
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    except (stem.ControllerError, stem.connection.AuthenticationFailure) as exc:
+        raise ControlError(f"{type(exc).__name__}: {exc}") from exc
