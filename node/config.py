@@ -1,0 +1,152 @@
+"""Node configuration: the ``node.json`` file of a data directory.
+
+Limits follow docs/protocol/relay.md, "Limits". Every field has a default, so
+a minimal file only names the listen address.
+"""
+
+import ipaddress
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from onionproto import AddressError
+from onionproto.address import check_host
+from onionproto.versions import MAX_ACCESS_KEY_LENGTH
+
+DEFAULT_HOST = "127.0.0.1"
+DAY = 86400
+
+
+class ConfigError(ValueError):
+    """A configuration value that is malformed or not allowed; the message says which."""
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Per-session token bucket: ``rate`` commands per second, bursts of ``burst``."""
+
+    rate: float = 20000.0
+    burst: int = 40000
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    host: str = DEFAULT_HOST
+    port: int = 0
+    access_keys: tuple[str, ...] = ()
+    quota: int = 128
+    ttl: int = 21 * DAY
+    unsecured_limit: int = 3
+    throttle: Throttle = field(default_factory=Throttle)
+    sweep_interval: float = 60.0
+    """Seconds between sweeps of expired messages and seen envelope keys."""
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        listen = {"host": data.pop("host"), "port": data.pop("port")}
+        data["access_keys"] = list(self.access_keys)
+        return {"listen": listen, **data}
+
+    @classmethod
+    def from_json(cls, data: object) -> "NodeConfig":
+        """Build a config from decoded ``node.json``.
+
+        Raises:
+            ConfigError: a field is missing, unknown or invalid.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError("the configuration must be a JSON object")
+        known = {"listen", "access_keys", "quota", "ttl", "unsecured_limit", "throttle", "sweep_interval"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
+        listen = data.get("listen")
+        if not isinstance(listen, dict) or set(listen) != {"host", "port"}:
+            raise ConfigError('"listen" must be {"host": ..., "port": ...}')
+        throttle = data.get("throttle", {})
+        if not isinstance(throttle, dict) or set(throttle) - {"rate", "burst"}:
+            raise ConfigError('"throttle" must be {"rate": ..., "burst": ...}')
+        keys = data.get("access_keys", [])
+        if not isinstance(keys, list):
+            raise ConfigError('"access_keys" must be a list of strings')
+        return cls(
+            host=check_listen_host(listen["host"]),
+            port=_integer("listen.port", listen["port"], 1, 65535),
+            access_keys=tuple(check_access_key(k) for k in keys),
+            quota=_integer("quota", data.get("quota", cls.quota), 1, 1_000_000),
+            ttl=_integer("ttl", data.get("ttl", cls.ttl), 1, 10 * 365 * DAY),
+            unsecured_limit=_integer("unsecured_limit", data.get("unsecured_limit", cls.unsecured_limit), 0, 1000),
+            throttle=Throttle(
+                rate=_number("throttle.rate", throttle.get("rate", Throttle.rate)),
+                burst=_integer("throttle.burst", throttle.get("burst", Throttle.burst), 1, 10**9),
+            ),
+            sweep_interval=_number("sweep_interval", data.get("sweep_interval", cls.sweep_interval)),
+        )
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    @classmethod
+    def loads(cls, text: str) -> "NodeConfig":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"not valid JSON ({exc})") from None
+        return cls.from_json(data)
+
+
+def check_listen_host(host: object) -> str:
+    """Return ``host`` normalised if it is a loopback IP address (this release listens on loopback only)."""
+    if not isinstance(host, str):
+        raise ConfigError("the listen host must be a string")
+    try:
+        normal = check_host(host)
+        ipaddress.ip_address(normal)  # an .onion name passes check_host but is not something to bind
+    except (AddressError, ValueError):
+        raise ConfigError(
+            f"listen host {host!r} refused: this release listens only on loopback addresses "
+            "(127.0.0.0/8 or ::1); onion service support comes with Tor"
+        ) from None
+    return normal
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` (port 0 = choose a free port).
+
+    Raises:
+        ConfigError: malformed, or the host is not loopback.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(f"--listen {text!r}: write an IPv6 host as [addr]:port")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    port = 0
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError(f"--listen {text!r}: port must be a number from 0 to 65535")
+        port = int(port_text)
+    return check_listen_host(host or DEFAULT_HOST), port
+
+
+def check_access_key(key: object) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_ACCESS_KEY_LENGTH:
+        raise ConfigError(f"an access key must be a non-empty string of at most {MAX_ACCESS_KEY_LENGTH} characters")
+    return key
+
+
+def _integer(name: str, value: object, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f'"{name}" must be an integer from {low} to {high}')
+    return value
+
+
+def _number(name: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f'"{name}" must be a positive number')
+    return float(value)

@@ -1,0 +1,238 @@
+"""One client WebSocket: feeds blocks to a ``NodeSession`` and writes answers in order.
+
+relay.md "Transport" and "Blocks": every message is one binary block of
+16384 bytes (else fatal ``BLOCK``), and answers come in the order of the
+commands. Each command reserves a ``Slot`` in the output queue when it is
+read; the writer seals and sends slots from the head as they are answered,
+batching several answers per block. Pushes go after everything reserved.
+"""
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine, Iterable
+
+import aiohttp
+from aiohttp import web
+
+from onionproto import (
+    BLOCK_SIZE,
+    NEED_DATA,
+    CommandReceived,
+    CommandRejected,
+    Error,
+    ErrorCode,
+    NodeSession,
+    RemoteProtocolError,
+    Response,
+)
+
+from .throttle import TokenBucket
+
+log = logging.getLogger(__name__)
+
+MAX_DETAIL = 200
+FATAL_FLUSH_TIMEOUT = 10.0
+CLOSED_TYPES = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
+def error(code: ErrorCode, detail: str) -> Error:
+    return Error(code.value, detail[:MAX_DETAIL])
+
+
+class Slot:
+    """The place of one command's answer (and the pushes that must follow it) in the output."""
+
+    __slots__ = ("corr", "queue", "items", "_connection")
+
+    def __init__(self, connection: "Connection", corr: bytes | None, queue: bytes | None):
+        self.corr, self.queue = corr, queue
+        self.items: list | None = None
+        self._connection = connection
+
+    def answer(self, response: Response, pushes: Iterable[tuple[bytes, Response]] = ()) -> None:
+        """Fill the slot with ``response``, then ``pushes`` as ``(queue, response)``; only the first call counts."""
+        if self.items is not None:
+            return
+        if isinstance(response, Error) and response.detail and len(response.detail) > MAX_DETAIL:
+            response = Error(response.code, response.detail[:MAX_DETAIL])
+        self.items = [(self.corr, self.queue, response)]
+        self.items.extend((None, queue, push) for queue, push in pushes)
+        self._connection._wakeup.set()
+
+
+class _Raw:
+    """Plaintext handshake bytes (node hello, welcome)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+class _Fatal:
+    def __init__(self, code: ErrorCode, detail: str):
+        self.code, self.detail = code, detail
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, session: NodeSession, dispatcher, throttle: TokenBucket, *, max_pending: int = 4096):
+        self._ws = ws
+        self.session = session
+        self._dispatcher = dispatcher
+        self._throttle = throttle
+        self.max_pending = max_pending
+        self._out: deque = deque()
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._ending = False
+        self.closed = False
+
+    # --- used by the dispatcher -----------------------------------------------------
+
+    def push(self, queue: bytes | None, response: Response) -> None:
+        """Queue a push (``corr`` nil) after every answer already reserved."""
+        if self.closed:
+            return
+        slot = Slot(self, None, queue)
+        self._out.append(slot)
+        slot.answer(response)
+
+    def spawn(self, coroutine: Coroutine) -> None:
+        """Run a command that waits on the network (FWD); cancelled when the session ends."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """End the session from the node's side (shutdown)."""
+        self.closed = True
+        await self._ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        writer = asyncio.get_running_loop().create_task(self._write_loop())
+        try:
+            self._queue_raw(self.session.data_to_send())
+            await self._read_loop()
+            if self._ending:  # let the writer send the answers so far and the fatal ERR
+                await asyncio.wait_for(asyncio.shield(writer), FATAL_FLUSH_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.closed = True
+            self._dispatcher.session_closed(self)
+            for task in list(self._tasks):
+                task.cancel()
+            writer.cancel()
+            try:
+                await writer
+            except (asyncio.CancelledError, Exception):
+                pass
+            await self._ws.close()
+
+    async def _read_loop(self) -> None:
+        while not self.closed:
+            if len(self._out) >= self.max_pending:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            msg = await self._ws.receive()
+            if msg.type in CLOSED_TYPES:
+                return
+            if msg.type != aiohttp.WSMsgType.BINARY or len(msg.data) != BLOCK_SIZE:
+                self._fatal(ErrorCode.BLOCK, f"every message must be one binary block of {BLOCK_SIZE} bytes")
+                return
+            if not self._receive_block(msg.data):
+                return
+
+    def _receive_block(self, data: bytes) -> bool:
+        try:
+            self.session.receive_data(data)
+            while True:
+                event = self.session.next_event()
+                self._queue_raw(self.session.data_to_send())
+                if event is NEED_DATA:
+                    return True
+                self._handle(event)
+        except RemoteProtocolError as exc:
+            self._fatal(exc.code, exc.message)
+            return False
+
+    def _handle(self, event) -> None:
+        if isinstance(event, CommandRejected):
+            self._reserve(event.corr, event.queue).answer(error(event.code, event.detail))
+        elif isinstance(event, CommandReceived):
+            t = event.transmission
+            slot = self._reserve(t.corr, t.queue)
+            if not self._throttle.take():
+                slot.answer(error(ErrorCode.THROTTLED, "too many commands; retry later"))
+                return
+            self._dispatcher.dispatch(self, t, slot)
+
+    def _reserve(self, corr: bytes | None, queue: bytes | None) -> Slot:
+        slot = Slot(self, corr, queue)
+        self._out.append(slot)
+        return slot
+
+    def _queue_raw(self, data: bytes) -> None:
+        if data:
+            self._out.append(_Raw(data))
+            self._wakeup.set()
+
+    def _fatal(self, code: ErrorCode, detail: str) -> None:
+        """relay.md "Error codes": a fatal ERR is pushed after the answers so far, then the session closes."""
+        log.info("closing a session: %s", code.value)
+        self._ending = True
+        self._out.append(_Fatal(code, detail))
+        self._wakeup.set()
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                data, final = self._take_ready()
+                if len(self._out) < self.max_pending:
+                    self._room.set()
+                for start in range(0, len(data), BLOCK_SIZE):
+                    await self._ws.send_bytes(data[start : start + BLOCK_SIZE])
+                if final:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a dead socket, or an answer that cannot be encoded: end the session
+            log.warning("session output failed: %s", type(exc).__name__)
+        finally:
+            self.closed = True
+            self._room.set()
+        await self._ws.close()
+
+    def _take_ready(self) -> tuple[bytes, bool]:
+        """Seal everything answered at the head of the output, in order; True if the session ends."""
+        chunks: list[bytes] = []
+        replies: list = []
+        final = False
+        while self._out:
+            head = self._out[0]
+            if isinstance(head, Slot):
+                if head.items is None:
+                    break
+                replies.extend(head.items)
+            else:
+                if replies:
+                    chunks.append(self.session.send(replies))
+                    replies = []
+                if isinstance(head, _Raw):
+                    chunks.append(head.data)
+                else:
+                    chunks.append(self.session.fatal_error(head.code, head.detail))
+                    final = True
+                    self._out.clear()
+                    break
+            self._out.popleft()
+        if replies:
+            chunks.append(self.session.send(replies))
+        return b"".join(chunks), final

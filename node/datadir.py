@@ -1,0 +1,150 @@
+"""The node's data directory: ``node.json``, ``identity.key``, ``node.db``.
+
+The directory is mode 0700 and every file in it 0600. ``status.json`` is
+written by a running node (see ``node.status``).
+"""
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from onionproto import NodeAddress
+from onionproto import crypto
+
+from .config import ConfigError, NodeConfig, check_access_key, parse_listen
+
+CONFIG_FILE = "node.json"
+IDENTITY_FILE = "identity.key"
+DB_FILE = "node.db"
+STATUS_FILE = "status.json"
+SEED_SIZE = 32
+
+
+class DataDirError(Exception):
+    """The data directory is missing, incomplete or corrupted; the message says how."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The node's Ed25519 identity: signs hellos, opens forwarding envelopes."""
+
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> "Identity":
+        public, secret = crypto.signing_keypair(lambda _n: seed)
+        return cls(public, secret)
+
+
+class DataDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def identity_path(self) -> Path:
+        return self.path / IDENTITY_FILE
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / DB_FILE
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / STATUS_FILE
+
+    def init(self, listen: str | None = None, access_keys: list[str] | tuple[str, ...] = (), rng=os.urandom) -> NodeConfig:
+        """Create a new node here: identity, configuration and an empty database.
+
+        Raises:
+            DataDirError: a node already exists here, or the directory cannot be made.
+            ConfigError: bad listen address or access key.
+        """
+        host, port = parse_listen(listen or "")
+        keys = tuple(check_access_key(k) for k in access_keys)
+        if self.config_path.exists() or self.identity_path.exists():
+            raise DataDirError(f"a node already exists in {self.path}; refusing to overwrite it")
+        if port == 0:
+            port = free_port(host)
+        config = NodeConfig(host=host, port=port, access_keys=keys)
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)
+            write_private(self.identity_path, rng(SEED_SIZE))
+            write_private(self.config_path, config.dumps().encode())
+        except OSError as exc:
+            raise DataDirError(f"cannot create the node in {self.path}: {exc.strerror or exc}") from None
+        from .store import SQLiteQueueStore  # local import: the store is not needed to read a config
+
+        SQLiteQueueStore(self.db_path).close()
+        return config
+
+    def load_config(self) -> NodeConfig:
+        self._check_exists()
+        try:
+            text = self.config_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataDirError(f"cannot read {self.config_path}: {exc}") from None
+        try:
+            return NodeConfig.loads(text)
+        except ConfigError as exc:
+            raise DataDirError(f"corrupted configuration {self.config_path}: {exc}") from None
+
+    def load_identity(self) -> Identity:
+        self._check_exists()
+        try:
+            seed = self.identity_path.read_bytes()
+        except OSError as exc:
+            raise DataDirError(f"cannot read {self.identity_path}: {exc.strerror or exc}") from None
+        if len(seed) != SEED_SIZE:
+            raise DataDirError(f"corrupted identity {self.identity_path}: expected {SEED_SIZE} bytes, found {len(seed)}")
+        return Identity.from_seed(seed)
+
+    def address(self) -> NodeAddress:
+        config = self.load_config()
+        return NodeAddress(self.load_identity().public, config.host, config.port)
+
+    def _check_exists(self) -> None:
+        if not self.path.is_dir():
+            raise DataDirError(f"no node data directory at {self.path} (create one with 'onionpost node init --data {self.path}')")
+        if not self.config_path.exists() or not self.identity_path.exists():
+            raise DataDirError(f"{self.path} holds no node (create one with 'onionpost node init --data {self.path}')")
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 (failing if it exists) and write ``data`` durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data`` (mode 0600)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on ``host`` now (recorded so the address stays stable)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

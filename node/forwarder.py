@@ -1,0 +1,79 @@
+"""FWD to other nodes: one pooled ``RelayLink`` per destination (relay.md "FWD", "Forwarding").
+
+All clients of this node share the link to a destination, so the destination
+learns only which node forwards, not which client. Links are reopened when
+they close. The connector is injectable: ``DirectConnector`` for loopback
+nodes, a Tor connector for .onion nodes.
+"""
+
+import asyncio
+import logging
+import time
+
+from onionproto import Error, ErrorCode, ForwardResult, NodeAddress, RelayForward, RelayForwardResult, Response
+from transport import Connector, DirectConnector, LinkClosed, RelayLink
+
+log = logging.getLogger(__name__)
+
+
+class Forwarder:
+    def __init__(self, connector: Connector | None = None, *, connect_timeout: float = 30.0, request_timeout: float = 60.0):
+        self.connector = connector or DirectConnector()
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self._links: dict[NodeAddress, RelayLink] = {}
+        self._locks: dict[NodeAddress, asyncio.Lock] = {}
+        self._failed_at: dict[NodeAddress, float] = {}
+
+    async def forward(self, address: NodeAddress, envelope: bytes) -> Response:
+        """Hand ``envelope`` to the node at ``address``.
+
+        Returns:
+            ``ForwardResult`` with the destination's sealed answer, the
+            destination's ``Error``, or ``Error(UNREACHABLE)``.
+        """
+        try:
+            link = await self._link(address)
+            [response] = await link.request_many([(RelayForward(env=envelope), None, None)], timeout=self.request_timeout)
+        except (LinkClosed, OSError, asyncio.TimeoutError):
+            log.info("forwarding failed: destination node unreachable")
+            return Error(ErrorCode.UNREACHABLE.value, "the destination node cannot be reached")
+        if isinstance(response, RelayForwardResult):
+            return ForwardResult(env=response.env)
+        if isinstance(response, Error):
+            return response
+        return Error(ErrorCode.UNREACHABLE.value, f"the destination node answered RFWD with {response.NAME}")
+
+    async def _link(self, address: NodeAddress) -> RelayLink:
+        link = self._links.get(address)
+        if link is not None and link.is_open:
+            return link
+        arrived = time.monotonic()
+        lock = self._locks.setdefault(address, asyncio.Lock())
+        async with lock:
+            link = self._links.get(address)
+            if link is not None and link.is_open:
+                return link
+            if self._failed_at.get(address, -1.0) >= arrived:
+                # Those who waited on a failed attempt share its failure instead of each retrying in turn.
+                raise LinkClosed("destination unreachable")
+            if link is not None:
+                await link.close()
+            try:
+                link = await RelayLink.connect(
+                    address, connector=self.connector, isolation=str(address), timeout=self.connect_timeout
+                )
+            except LinkClosed:
+                self._failed_at[address] = time.monotonic()
+                raise
+            self._links[address] = link
+            return link
+
+    @property
+    def link_count(self) -> int:
+        return sum(1 for link in self._links.values() if link.is_open)
+
+    async def close(self) -> None:
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            await link.close()

@@ -1,0 +1,237 @@
+"""Queue storage: the ``QueueStore`` interface and its SQLite implementation.
+
+What is stored is exactly docs/protocol/relay.md, "Model": per queue the two
+ids, the two auth keys, the queue key, the status and the unsigned-send count;
+per message its id, receive time and sealed box. Tables keyed by random ids
+are WITHOUT ROWID, so not even creation order is kept. Seen forwarding
+envelope keys are kept until they expire ("Forwarding", step 2).
+
+Queues live on disk: nothing is loaded at startup. The database uses WAL with
+``synchronous=FULL`` (a committed transaction survives power loss) and
+``secure_delete`` (freed pages are overwritten, so DEL purges).
+"""
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queues (
+    rid BLOB PRIMARY KEY,
+    snd BLOB NOT NULL UNIQUE,
+    rkey BLOB NOT NULL,
+    skey BLOB,
+    queue_key BLOB NOT NULL,
+    suspended INTEGER NOT NULL DEFAULT 0,
+    unsigned_sends INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    rid BLOB NOT NULL,
+    mid BLOB NOT NULL,
+    ts INTEGER NOT NULL,
+    box BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (rid, seq, ts);
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (ts);
+CREATE TABLE IF NOT EXISTS seen_envelopes (
+    epk BLOB PRIMARY KEY,
+    expires INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class QueueRecord:
+    rid: bytes
+    snd: bytes
+    rkey: bytes
+    skey: bytes | None
+    queue_key: bytes
+    suspended: bool = False
+    unsigned_sends: int = 0
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    """Storage order; never leaves the node."""
+    mid: bytes
+    ts: int
+    box: bytes
+
+
+class QueueStore(Protocol):
+    """Storage used by the mailbox. Calls are made from one thread at a time."""
+
+    def transaction(self) -> Iterator[None]: ...
+    def savepoint(self) -> Iterator[None]: ...
+    def add_queue(self, queue: QueueRecord) -> None: ...
+    def queue_by_rid(self, rid: bytes) -> QueueRecord | None: ...
+    def queue_by_sender(self, snd: bytes) -> QueueRecord | None: ...
+    def set_sender_key(self, rid: bytes, skey: bytes) -> None: ...
+    def suspend(self, rid: bytes) -> None: ...
+    def count_unsigned_send(self, rid: bytes) -> None: ...
+    def delete_queue(self, rid: bytes) -> None: ...
+    def add_message(self, rid: bytes, mid: bytes, ts: int, box: bytes) -> None: ...
+    def oldest_message(self, rid: bytes, since: int) -> StoredMessage | None: ...
+    def count_messages(self, rid: bytes, since: int, limit: int) -> int: ...
+    def delete_message(self, seq: int) -> None: ...
+    def remember_envelope(self, epk: bytes, expires: int) -> bool: ...
+    def expire(self, messages_before: int, now: int) -> int: ...
+    def counts(self) -> tuple[int, int]: ...
+    def checkpoint(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class StoreError(Exception):
+    """The database cannot be opened or has an unknown schema."""
+
+
+class SQLiteQueueStore:
+    """``QueueStore`` on one SQLite connection (used by one thread at a time)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("PRAGMA temp_store=MEMORY")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StoreError(f"{self.path} has schema version {version}; this node knows {SCHEMA_VERSION}")
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}") from None
+
+    # --- transactions ---------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One durable transaction: committed (fsynced) on exit, rolled back on error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested unit inside a transaction: undone alone if it raises."""
+        self._db.execute("SAVEPOINT op")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO op")
+            self._db.execute("RELEASE op")
+            raise
+        self._db.execute("RELEASE op")
+
+    # --- queues ------------------------------------------------------------------
+
+    def add_queue(self, queue: QueueRecord) -> None:
+        self._db.execute(
+            "INSERT INTO queues (rid, snd, rkey, skey, queue_key, suspended, unsigned_sends) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (queue.rid, queue.snd, queue.rkey, queue.skey, queue.queue_key, int(queue.suspended), queue.unsigned_sends),
+        )
+
+    def queue_by_rid(self, rid: bytes) -> QueueRecord | None:
+        return self._queue("rid", rid)
+
+    def queue_by_sender(self, snd: bytes) -> QueueRecord | None:
+        return self._queue("snd", snd)
+
+    def _queue(self, column: str, value: bytes) -> QueueRecord | None:
+        row = self._db.execute(
+            f"SELECT rid, snd, rkey, skey, queue_key, suspended, unsigned_sends FROM queues WHERE {column} = ?", (value,)
+        ).fetchone()
+        if row is None:
+            return None
+        return QueueRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
+
+    def set_sender_key(self, rid: bytes, skey: bytes) -> None:
+        self._db.execute("UPDATE queues SET skey = ? WHERE rid = ?", (skey, rid))
+
+    def suspend(self, rid: bytes) -> None:
+        self._db.execute("UPDATE queues SET suspended = 1 WHERE rid = ?", (rid,))
+
+    def count_unsigned_send(self, rid: bytes) -> None:
+        self._db.execute("UPDATE queues SET unsigned_sends = unsigned_sends + 1 WHERE rid = ?", (rid,))
+
+    def delete_queue(self, rid: bytes) -> None:
+        self._db.execute("DELETE FROM messages WHERE rid = ?", (rid,))
+        self._db.execute("DELETE FROM queues WHERE rid = ?", (rid,))
+
+    # --- messages -------------------------------------------------------------------
+
+    def add_message(self, rid: bytes, mid: bytes, ts: int, box: bytes) -> None:
+        self._db.execute("INSERT INTO messages (rid, mid, ts, box) VALUES (?, ?, ?, ?)", (rid, mid, ts, box))
+
+    def oldest_message(self, rid: bytes, since: int) -> StoredMessage | None:
+        row = self._db.execute(
+            "SELECT seq, mid, ts, box FROM messages WHERE rid = ? AND ts >= ? ORDER BY seq LIMIT 1", (rid, since)
+        ).fetchone()
+        return None if row is None else StoredMessage(*row)
+
+    def count_messages(self, rid: bytes, since: int, limit: int) -> int:
+        """Messages of the queue received since ``since``, counted up to ``limit`` (enough for a quota check)."""
+        return self._db.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM messages WHERE rid = ? AND ts >= ? LIMIT ?)", (rid, since, limit)
+        ).fetchone()[0]
+
+    def delete_message(self, seq: int) -> None:
+        self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+
+    # --- forwarding, expiry, stats -------------------------------------------------------
+
+    def remember_envelope(self, epk: bytes, expires: int) -> bool:
+        """Record a forwarding envelope key; False if it was already recorded (a replay)."""
+        cursor = self._db.execute(
+            "INSERT INTO seen_envelopes (epk, expires) VALUES (?, ?) ON CONFLICT (epk) DO NOTHING", (epk, expires)
+        )
+        return cursor.rowcount == 1
+
+    def expire(self, messages_before: int, now: int) -> int:
+        """Delete messages received before ``messages_before`` and expired envelope keys; return messages deleted."""
+        deleted = self._db.execute("DELETE FROM messages WHERE ts < ?", (messages_before,)).rowcount
+        self._db.execute("DELETE FROM seen_envelopes WHERE expires < ?", (now,))
+        return deleted
+
+    def counts(self) -> tuple[int, int]:
+        """(number of queues, number of stored messages)."""
+        queues = self._db.execute("SELECT count(*) FROM queues").fetchone()[0]
+        messages = self._db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        return queues, messages
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and truncate it, so deleted rows leave no copy in the WAL."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def read_counts(path: str | os.PathLike) -> tuple[int, int]:
+    """(queues, messages) of a node database, read-only (safe while the node runs)."""
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        queues = db.execute("SELECT count(*) FROM queues").fetchone()[0]
+        messages = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        return queues, messages
+    finally:
+        db.close()

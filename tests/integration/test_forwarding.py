@@ -1,0 +1,146 @@
+"""FWD between two real node processes: a client of node A sends to a queue on node B."""
+
+import asyncio
+import time
+
+import pytest
+
+from node.datadir import free_port
+from onionproto import Ack, Error, ErrorCode, Forward, ForwardResult, Get, Message, NodeAddress, NoMessage, Ok, Send, Subscribe
+from onionproto import delivery, forward
+from onionproto.frames import packb, unpackb
+from relay_helpers import RawClient, new_queue
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def two_nodes(node_factory):
+    return node_factory("a"), node_factory("b")
+
+
+def seal(node, q, body: bytes, *, signed: bool = True, now: float | None = None):
+    return forward.seal_send(node.address.key, q.snd, Send(body=body), q.ssecret if signed else None, int(now or time.time()))
+
+
+async def test_forward_to_another_node(two_nodes):
+    a, b = two_nodes
+    sender = await RawClient.connect(a.address)
+    recipient = await RawClient.connect(b.address)
+    try:
+        q = await new_queue(recipient, node=b)
+        assert isinstance(await recipient.request(Subscribe(), q.rid, q.rsecret), Ok)
+        body = b"sent through node A"
+        envelope, response_key = seal(b, q, body)
+        answer = await sender.request(Forward(node=str(b.address), env=envelope))
+        assert isinstance(answer, ForwardResult), answer
+        assert isinstance(forward.open_response(response_key, answer.env), Ok)
+        push = await recipient.push()
+        assert push.corr is None and push.queue == q.rid and isinstance(push.response, Message)
+        assert delivery.open_message(q.queue_key, push.response.box)[1] == body
+        assert body not in push.response.box
+
+        # The same envelope again: replayed.
+        replay = await sender.request(Forward(node=str(b.address), env=envelope))
+        assert isinstance(replay, Error) and replay.code == ErrorCode.ENVELOPE and "replay" in replay.detail
+
+        # A tampered envelope: ENVELOPE.
+        envelope, _ = seal(b, q, b"tampered")
+        outer = unpackb(envelope, ErrorCode.SYNTAX, "envelope")
+        box = bytearray(outer["box"])
+        box[40] ^= 1
+        tampered = packb({"epk": outer["epk"], "box": bytes(box)})
+        answer = await sender.request(Forward(node=str(b.address), env=tampered))
+        assert isinstance(answer, Error) and answer.code == ErrorCode.ENVELOPE
+
+        # Sealed for A's key but sent to B: B cannot open it.
+        envelope, _ = seal(a, q, b"wrong node")
+        answer = await sender.request(Forward(node=str(b.address), env=envelope))
+        assert isinstance(answer, Error) and answer.code == ErrorCode.ENVELOPE
+
+        # A stale envelope (sender clock 20 minutes behind): ENVELOPE.
+        envelope, _ = seal(b, q, b"stale", now=time.time() - 1200)
+        answer = await sender.request(Forward(node=str(b.address), env=envelope))
+        assert isinstance(answer, Error) and answer.code == ErrorCode.ENVELOPE
+
+        # The inner SEND's own errors come back sealed.
+        envelope, response_key = seal(b, q, b"unsigned", signed=False)
+        answer = await sender.request(Forward(node=str(b.address), env=envelope))
+        inner = forward.open_response(response_key, answer.env)
+        assert isinstance(inner, Error) and inner.code == ErrorCode.AUTH
+        assert await recipient_has_no_more(recipient)
+    finally:
+        await sender.close()
+        await recipient.close()
+
+
+async def recipient_has_no_more(recipient: RawClient) -> bool:
+    try:
+        await recipient.reply(timeout=0.5)
+    except asyncio.TimeoutError:
+        return True
+    return False
+
+
+async def test_forward_reuses_one_link_and_survives_destination_restart(two_nodes):
+    a, b = two_nodes
+    senders = [await RawClient.connect(a.address) for _ in range(3)]
+    recipient = await RawClient.connect(b.address)
+    try:
+        q = await new_queue(recipient, node=b)
+        for i, sender in enumerate(senders):
+            envelope, key = seal(b, q, b"from client %d" % i)
+            answer = await sender.request(Forward(node=str(b.address), env=envelope))
+            assert isinstance(forward.open_response(key, answer.env), Ok)
+        await recipient.close()
+        assert b.stop() == 0
+        envelope, _ = seal(b, q, b"while B is down")
+        answer = await senders[0].request(Forward(node=str(b.address), env=envelope), timeout=40)
+        assert isinstance(answer, Error) and answer.code == ErrorCode.UNREACHABLE
+        b.start()
+        envelope, key = seal(b, q, b"after B restarted")
+        answer = await senders[1].request(Forward(node=str(b.address), env=envelope), timeout=40)
+        assert isinstance(answer, ForwardResult), answer
+        assert isinstance(forward.open_response(key, answer.env), Ok)
+        recipient = await RawClient.connect(b.address)
+        bodies = []
+        while not isinstance(got := await recipient.request(Get(), q.rid, q.rsecret), NoMessage):
+            bodies.append(delivery.open_message(q.queue_key, got.box)[1])
+            assert isinstance(await recipient.request(Ack(mid=got.mid), q.rid, q.rsecret), Ok)
+        assert bodies == [b"from client 0", b"from client 1", b"from client 2", b"after B restarted"]
+    finally:
+        for sender in senders:
+            await sender.close()
+        await recipient.close()
+
+
+async def test_forward_to_own_address_is_local(node_factory):
+    node = node_factory("solo")
+    client = await RawClient.connect(node.address)
+    try:
+        q = await new_queue(client, node=node)
+        assert isinstance(await client.request(Subscribe(), q.rid, q.rsecret), Ok)
+        envelope, key = seal(node, q, b"to myself")
+        corr, packed = client.build(Forward(node=str(node.address), env=envelope))
+        await client.send_packed(packed)
+        first = await client.reply()
+        assert first.corr == corr and isinstance(first.response, ForwardResult)
+        assert isinstance(forward.open_response(key, first.response.env), Ok)
+        push = await client.push()
+        assert delivery.open_message(q.queue_key, push.response.box)[1] == b"to myself"
+    finally:
+        await client.close()
+
+
+async def test_forward_bad_or_unreachable_destination(node_factory):
+    node = node_factory("lonely")
+    client = await RawClient.connect(node.address)
+    try:
+        for bad in ["not an address", "onionpost://abc@127.0.0.1:1", f"onionpost://{'A' * 43}@example.com:80"]:
+            answer = await client.request(Forward(node=bad, env=b"x"))
+            assert isinstance(answer, Error) and answer.code == ErrorCode.SYNTAX, bad
+        nobody = NodeAddress(b"\x01" * 32, "127.0.0.1", free_port("127.0.0.1"))
+        answer = await client.request(Forward(node=str(nobody), env=b"x"), timeout=40)
+        assert isinstance(answer, Error) and answer.code == ErrorCode.UNREACHABLE
+    finally:
+        await client.close()

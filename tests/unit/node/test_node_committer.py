@@ -1,0 +1,101 @@
+"""Group commit: one transaction per batch, one savepoint per operation."""
+
+import asyncio
+import sqlite3
+from contextlib import contextmanager
+
+import pytest
+
+from node.committer import Committer
+from node.mailbox import Refused
+from node.store import QueueRecord, SQLiteQueueStore
+from onionproto import Error, ErrorCode
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def queue(n: int) -> QueueRecord:
+    return QueueRecord(rid=bytes([n]) * 24, snd=bytes([n + 100]) * 24, rkey=b"k" * 32, skey=None, queue_key=b"q" * 32)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SQLiteQueueStore(tmp_path / "node.db")
+    yield store
+    store.close()
+
+
+def test_failed_operations_are_undone_alone(store):
+    committer = Committer(store)
+
+    def refused():
+        store.add_queue(queue(2))
+        raise Refused(ErrorCode.QUOTA, "full")
+
+    def crashing():
+        store.add_queue(queue(3))
+        raise KeyError("bug")
+
+    results = committer.run_batch([lambda: store.add_queue(queue(1)), refused, crashing, lambda: store.add_queue(queue(4)) or "ok"])
+    assert results[0] is None and results[3] == "ok"
+    assert results[1] == Error("QUOTA", "full")
+    assert isinstance(results[2], Error) and results[2].code == ErrorCode.INTERNAL
+    assert store.queue_by_rid(queue(1).rid) and store.queue_by_rid(queue(4).rid)
+    assert store.queue_by_rid(queue(2).rid) is None and store.queue_by_rid(queue(3).rid) is None
+
+
+class CommitFails(SQLiteQueueStore):
+    @contextmanager
+    def transaction(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        yield
+        self._db.execute("ROLLBACK")
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_commit_failure_fails_the_whole_batch(tmp_path):
+    store = CommitFails(tmp_path / "node.db")
+    results = Committer(store).run_batch([lambda: store.add_queue(queue(1)), lambda: "fine"])
+    assert all(isinstance(r, Error) and r.code == ErrorCode.INTERNAL for r in results)
+    assert store.queue_by_rid(queue(1).rid) is None
+    store.close()
+
+
+async def test_operations_of_one_loop_turn_share_a_transaction(tmp_path):
+    store = SQLiteQueueStore(tmp_path / "node.db")
+    committer = Committer(store)
+    batches = []
+    original = committer.run_batch
+    committer.run_batch = lambda ops: batches.append(len(ops)) or original(ops)
+    answered = []
+    for n in range(10):
+        committer.submit(lambda n=n: store.add_queue(queue(n)) or n, answered.append)
+    assert answered == []  # nothing answered before the commit
+    await committer.call(lambda: None)
+    assert answered == list(range(10))  # in submission order
+    assert batches == [11]  # the ten and the awaited call: one transaction
+    await committer.close()
+    reopened = SQLiteQueueStore(tmp_path / "node.db")
+    assert reopened.counts() == (10, 0)
+    reopened.close()
+
+
+async def test_closed_committer_answers_internal(tmp_path):
+    committer = Committer(SQLiteQueueStore(tmp_path / "node.db"))
+    await committer.close()
+    result = await committer.call(lambda: "never")
+    assert isinstance(result, Error) and result.code == ErrorCode.INTERNAL
+    await asyncio.sleep(0)
+
+
+async def test_run_alone_checkpoints_outside_a_transaction(tmp_path):
+    store = SQLiteQueueStore(tmp_path / "node.db")
+    committer = Committer(store)
+    await committer.call(lambda: store.add_queue(queue(1)))
+    await committer.call(lambda: store.delete_queue(queue(1).rid))
+    wal = tmp_path / "node.db-wal"
+    assert wal.stat().st_size > 0
+    await committer.run_alone(store.checkpoint)
+    assert wal.stat().st_size == 0
+    assert queue(1).rid not in (tmp_path / "node.db").read_bytes()
+    await committer.close()
