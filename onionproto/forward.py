@@ -78,7 +78,10 @@ def open_envelope(identity_secret: bytes, envelope: bytes, now: int) -> OpenedEn
         outer = check_map(unpackb(envelope, ErrorCode.ENVELOPE, "envelope"), ENVELOPE_FIELDS, "envelope")
     except FieldError as exc:
         raise RemoteProtocolError(ErrorCode.ENVELOPE, str(exc)) from None
-    shared = crypto.dh(crypto.identity_dh_secret(identity_secret), outer["epk"])
+    try:
+        shared = crypto.dh(crypto.identity_dh_secret(identity_secret), outer["epk"])
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(ErrorCode.ENVELOPE, exc.message) from None
     request_key, response_key = crypto.envelope_keys(shared, outer["epk"])
     padded = crypto.secretbox_open(request_key, outer["box"], ErrorCode.ENVELOPE, "envelope")
     try:

@@ -26,6 +26,8 @@ from .versions import (
 )
 
 KEY = Bin(KEY_SIZE)
+MAX_DETAIL = 200
+"""ERR details are cut to this many characters."""
 QUEUE_ID = Bin(QUEUE_ID_SIZE)
 MESSAGE_ID = Bin(max_size=24)
 ENVELOPE = Bin(max_size=SEALED_CONTENT_SIZE)
@@ -203,7 +205,7 @@ class RelayForwardResult(Response):
 @dataclass(frozen=True)
 class Error(Response):
     NAME = "ERR"
-    FIELDS = {"code": Str(32), "detail": Optional(Str(200))}
+    FIELDS = {"code": Str(32), "detail": Optional(Str(MAX_DETAIL))}
     code: str
     detail: str | None = None
 
@@ -263,7 +265,7 @@ class TransmissionError(RemoteProtocolError):
     """A transmission that cannot be applied; ``corr``/``queue`` are set when known."""
 
     def __init__(self, code: ErrorCode, message: str, corr: bytes | None = None, queue: bytes | None = None):
-        super().__init__(code, message)
+        super().__init__(code, message[:MAX_DETAIL])
         self.corr = corr
         self.queue = queue
 

@@ -22,6 +22,7 @@ from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .fields import FieldError, check_map
 from .frames import (
     CLIENT_HELLO,
+    MAX_DETAIL,
     NODE_HELLO,
     NODE_HELLO_BODY,
     Command,
@@ -215,7 +216,7 @@ class NodeSession(_Session):
         except TransmissionError as exc:
             return CommandRejected(exc.corr, exc.queue, exc.code, exc.message)
         except RemoteProtocolError as exc:
-            return CommandRejected(None, None, ErrorCode.SYNTAX, exc.message)
+            return CommandRejected(None, None, ErrorCode.SYNTAX, exc.message[:MAX_DETAIL])
         if t.session != self.session_id:
             return CommandRejected(t.corr, t.queue, ErrorCode.SESSION, "command was signed for another session")
         if t.corr <= self._last_corr:
@@ -233,7 +234,7 @@ class NodeSession(_Session):
     def fatal_error(self, code: ErrorCode, detail: str) -> bytes:
         """Bytes of a final ERR to send before closing (plaintext before the handshake)."""
         self.closed = True
-        content = packb([encode_response(None, None, Error(code.value, detail[:200]))])
+        content = packb([encode_response(None, None, Error(code.value, detail[:MAX_DETAIL]))])
         if self._sealer is None:
             return pad(content, BLOCK_SIZE)
         return self._sealer.seal(content)

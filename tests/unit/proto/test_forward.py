@@ -80,3 +80,12 @@ def test_low_order_key_is_refused():
     with pytest.raises(RemoteProtocolError) as exc:
         crypto.dh(crypto.dh_keypair()[1], bytes(32))
     assert exc.value.code is ErrorCode.HANDSHAKE
+
+
+def test_low_order_envelope_key_is_an_envelope_error(node):
+    from onionproto.frames import packb
+
+    envelope = packb({"epk": bytes(32), "box": bytes(100)})
+    with pytest.raises(RemoteProtocolError) as exc:
+        forward.open_envelope(node[1], envelope, NOW)
+    assert exc.value.code is ErrorCode.ENVELOPE and not exc.value.code.fatal

@@ -199,3 +199,14 @@ def test_send_signed_body_round_trip(pair):
 def test_no_events_without_a_whole_block(pair):
     pair.node.receive_data(b"\x00" * (BLOCK_SIZE - 1))
     assert pair.node.next_event() is NEED_DATA
+
+
+def test_error_details_fit_the_err_frame(pair):
+    from onionproto.frames import packb
+
+    fields = {f"x{i}": 1 for i in range(100)}
+    body = packb({"sess": pair.node.session_id, "corr": b"\xff" * 24, "q": None, "cmd": "PING", **fields})
+    [rejected] = pair.feed(pair.node, pair.client.send_packed([packb([b"", body])]))
+    assert len(rejected.detail) <= 200
+    replies = pair.to_client([(rejected.corr, None, Error(rejected.code.value, rejected.detail))])
+    assert replies[0].response.code == "SYNTAX"
