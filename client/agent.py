@@ -85,13 +85,14 @@ class Agent:
         clock=time.time,
         rng=os.urandom,
         timeout: float = 30.0,
+        isolation: str = "queue",
     ):
         self.db = db
         self.profile = profile
         self.clock = clock
         self.rng = rng
         relays = [TrustedRelay(r.address, r.access_key) for r in list_relays(db, profile)]
-        self.network = Network(relays, connector=connector, clock=clock, rng=rng, timeout=timeout)
+        self.network = Network(relays, connector=connector, clock=clock, rng=rng, timeout=timeout, isolation=isolation)
         self.events: list[Event] = []
         self._owners: dict[bytes, tuple[str, int]] = {}  # inbound rid -> ("invitation" | "contact", row id)
 
@@ -323,8 +324,21 @@ class Agent:
             (contact_id, message_id, queue.to_bytes() if queue else None, body, self._now()),
         )
 
+    def _load_contact_tags(self) -> None:
+        """For per-contact isolation: both queues of a contact share its tag."""
+        if self.network.isolation != "contact":
+            return
+        for contact_id, *blobs in self.db.fetch_all(
+            "SELECT id, inbound, next_inbound, outbound FROM contacts WHERE profile_id = ?", (self.profile.id,)
+        ):
+            for blob, kind in zip(blobs, (InboundQueue, InboundQueue, OutboundQueue)):
+                if blob is not None:
+                    queue = kind.from_bytes(blob)
+                    self.network.contact_tags[queue.rid if kind is InboundQueue else queue.snd] = f"contact:{contact_id}"
+
     async def flush(self, contact_id: int | None = None) -> int:
         """Send what is in the outbox, oldest first; stop at a contact's first failure. Return how many left."""
+        self._load_contact_tags()
         where, params = ("contact_id = ?", (contact_id,)) if contact_id is not None else ("1", ())
         rows = self.db.fetch_all(
             f"SELECT o.id, o.contact_id, o.message_id, o.queue, o.body, c.state, c.outbound, c.alias "
@@ -390,6 +404,7 @@ class Agent:
         return self.events[start:]
 
     async def _subscribe_all(self) -> None:
+        self._load_contact_tags()
         queues: list[tuple[InboundQueue, str, int]] = []
         for row in self.db.fetch_all("SELECT id, inbound FROM invitations WHERE profile_id = ?", (self.profile.id,)):
             queues.append((InboundQueue.from_bytes(row[1]), "invitation", row[0]))
@@ -628,6 +643,19 @@ class Agent:
         self._event("rotated", alias, f"the connection with {alias} now uses a new queue")
 
     # --- helpers ---------------------------------------------------------------------
+
+    def queue_tags(self) -> list[dict]:
+        """Each of our queues with the isolation tag its traffic uses (for showing circuits)."""
+        rows = []
+        for alias, *blobs in self.db.fetch_all(
+            "SELECT alias, inbound, outbound FROM contacts WHERE profile_id = ? AND state = 'connected' ORDER BY id",
+            (self.profile.id,),
+        ):
+            for blob, kind, direction in zip(blobs, (InboundQueue, OutboundQueue), ("from", "to")):
+                if blob is not None:
+                    queue = kind.from_bytes(blob)
+                    rows.append({"contact": alias, "direction": direction, "relay": queue.relay, "tag": self.network.tag_of(queue)})
+        return rows
 
     async def _network_call(self, call, relay: str):
         try:

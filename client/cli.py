@@ -9,6 +9,7 @@ a traceback for them.
 import asyncio
 import functools
 import getpass
+import inspect
 import json
 import os
 import sys
@@ -18,6 +19,8 @@ from typing import Annotated, Optional
 
 import platformdirs
 import typer
+
+from onionproto import parse_node_address
 
 from . import e2e
 from .agent import Agent, AgentError
@@ -35,9 +38,11 @@ from .profiles import (
     use_profile,
 )
 from .qr import QRReadError, qr_png, qr_terminal, read_qr_image
+from .tor import ISOLATION_MODES, ClientTor, TorSettings, parse_host_port
 
 HOME_ENV = "ONIONPOST_HOME"
 PASSWORD_ENV = "ONIONPOST_PASSWORD"
+TESTNET_ENV = "ONIONPOST_TESTNET"
 
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", help=f"Data directory (env {HOME_ENV}).", show_default=False)]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile to act as (default: the current one).")]
@@ -50,6 +55,10 @@ class Options:
     home: Path | None = None
     profile: str | None = None
     json: bool = False
+    testnet: Path | None = None
+    tor_socks: str | None = None
+    tor_control: int | None = None
+    isolation: str = "queue"
 
 
 _options = Options()
@@ -108,21 +117,82 @@ def command(func):
     return wrapper
 
 
-def _run_agent(home, profile_name, action):
-    """Open the store, build an agent for the profile, run ``action(agent)``, close everything."""
+_NETWORK_PARAMETERS = [
+    inspect.Parameter(
+        "testnet", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Optional[Path], typer.Option("--testnet", envvar=TESTNET_ENV, help="Use the private Tor network in this directory ('onionpost testnet up').")],
+    ),
+    inspect.Parameter(
+        "tor_socks", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Optional[str], typer.Option("--tor-socks", help="Use a running tor's SOCKS port, [HOST:]PORT, instead of starting one.")],
+    ),
+    inspect.Parameter(
+        "tor_control", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Optional[int], typer.Option("--tor-control", help="That tor's control port (cookie auth), to show circuits.")],
+    ),
+    inspect.Parameter(
+        "isolation", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Optional[str], typer.Option("--isolation", help="One Tor circuit per: queue (default), contact, or profile.")],
+    ),
+]
+
+
+def network_command(func):
+    """Add the Tor options to a command that talks to relays."""
+
+    @functools.wraps(func)
+    def wrapper(*args, testnet=None, tor_socks=None, tor_control=None, isolation=None, **kwargs):
+        _options.testnet = testnet or _options.testnet
+        _options.tor_socks = tor_socks or _options.tor_socks
+        _options.tor_control = tor_control or _options.tor_control
+        _options.isolation = isolation or _options.isolation
+        return func(*args, **kwargs)
+
+    signature = inspect.signature(func)
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *_NETWORK_PARAMETERS])
+    return wrapper
+
+
+def _tor_settings() -> TorSettings:
+    if _options.isolation not in ISOLATION_MODES:
+        raise UserError(f"--isolation must be one of {', '.join(ISOLATION_MODES)}")
+    socks = parse_host_port(_options.tor_socks, "--tor-socks") if _options.tor_socks else None
+    if _options.testnet is not None and not (Path(_options.testnet) / "network.json").exists():
+        raise UserError(f"no private Tor network in {_options.testnet}: start one with 'onionpost testnet up --dir DIR'")
+    return TorSettings(socks=socks, control=_options.tor_control, testnet=_options.testnet)
+
+
+def _run_agent(home, profile_name, action, *, network: bool = True):
+    """Open the store, build an agent for the profile, run ``action(agent)``, close everything.
+
+    Tor is started (or attached to) only when one of the profile's relays is an onion service.
+    """
     db = _open(home)
+    tor = None
     try:
         profile = get_profile(db, profile_name or _options.profile)
-        agent = Agent(db, profile)
+        settings = _tor_settings()
+        needs_tor = network and any(parse_node_address(r.address).is_onion for r in list_relays(db, profile))
 
         async def main():
+            nonlocal tor
+            connector = None
+            if needs_tor:
+                tor = ClientTor(_home(home), settings)
+                try:
+                    connector = await tor.start()
+                except RuntimeError as exc:
+                    raise UserError(str(exc)) from None
+            agent = Agent(db, profile, connector=connector, isolation=_options.isolation)
             try:
-                return await action(agent)
+                return await action(agent), agent
             finally:
                 await agent.close()
 
-        return asyncio.run(main()), agent
+        return asyncio.run(main())
     finally:
+        if tor is not None:
+            tor.stop()
         db.close()
 
 
@@ -258,6 +328,7 @@ def relay_remove(address: str, home: HomeOpt = None, profile: ProfileOpt = None,
 
 
 @command
+@network_command
 def invite(
     png: Annotated[Optional[Path], typer.Option("--png", help="Also write the QR code to this PNG file.")] = None,
     link_only: Annotated[bool, typer.Option("--link-only", help="Print only the link (recorded as lower assurance).")] = False,
@@ -282,6 +353,7 @@ def invite(
 
 
 @command
+@network_command
 def connect(
     link: Annotated[Optional[str], typer.Argument(help="The invitation link (onionpost:1/...).")] = None,
     qr: Annotated[Optional[Path], typer.Option("--qr", help="Read the invitation from a QR code image instead.")] = None,
@@ -306,13 +378,14 @@ def connect(
 @command
 def requests(home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
     """List connection requests waiting for your answer."""
-    pending, _ = _run_agent(home, profile, _async(lambda agent: agent.requests()))
+    pending, _ = _run_agent(home, profile, _async(lambda agent: agent.requests()), network=False)
     rows = [{"request": c.id, "via": c.assurance} for c in pending]
     text = "\n".join(f"{r['request']}  (invitation shared by {r['via']})" for r in rows) or "no pending requests"
     _emit(rows, text, json_out)
 
 
 @command
+@network_command
 def accept(
     request: Annotated[int, typer.Argument(help="Request number from 'onionpost requests'.")],
     alias: Annotated[Optional[str], typer.Option("--alias", help="Your name for this contact.")] = None,
@@ -326,6 +399,7 @@ def accept(
 
 
 @command
+@network_command
 def reject(
     request: Annotated[int, typer.Argument(help="Request number from 'onionpost requests'.")],
     home: HomeOpt = None,
@@ -340,7 +414,7 @@ def reject(
 @command
 def contacts(home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
     """List contacts: state, how the key travelled, verified or not."""
-    found, _ = _run_agent(home, profile, _async(lambda agent: agent.contacts()))
+    found, _ = _run_agent(home, profile, _async(lambda agent: agent.contacts()), network=False)
     rows = [
         {"alias": c.alias, "display_name": c.display_name, "state": c.state, "key_via": c.provenance,
          "assurance": c.assurance, "verified": c.verified}
@@ -351,6 +425,7 @@ def contacts(home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt
 
 
 @command
+@network_command
 def send(
     contact: str,
     text: str,
@@ -365,6 +440,7 @@ def send(
 
 
 @command
+@network_command
 def receive(
     wait: Annotated[float, typer.Option("--wait", min=0, help="Return after this many seconds without news.")] = 5.0,
     home: HomeOpt = None,
@@ -385,7 +461,7 @@ def history(
     json_out: JsonOpt = False,
 ):
     """Show the conversation with CONTACT."""
-    rows, _ = _run_agent(home, profile, _async(lambda agent: agent.history(contact, limit)))
+    rows, _ = _run_agent(home, profile, _async(lambda agent: agent.history(contact, limit)), network=False)
     lines = []
     for r in rows:
         who = "you" if r["direction"] == "out" else contact
@@ -405,7 +481,7 @@ def verify(
 ):
     """Show the security code for CONTACT, or check the code they read to you."""
     if code is None:
-        security_code, _ = _run_agent(home, profile, _async(lambda agent: agent.security_code(contact)))
+        security_code, _ = _run_agent(home, profile, _async(lambda agent: agent.security_code(contact)), network=False)
         if json_out or _options.json:
             _emit({"contact": contact, "code": security_code}, None, True)
             return
@@ -413,7 +489,7 @@ def verify(
         print(e2e.format_code(security_code.replace(" ", ""), 4))
         print(qr_terminal(security_code))
         return
-    matched, _ = _run_agent(home, profile, _async(lambda agent: agent.verify(contact, code)))
+    matched, _ = _run_agent(home, profile, _async(lambda agent: agent.verify(contact, code)), network=False)
     if json_out or _options.json:
         _emit({"contact": contact, "verified": matched}, None, True)
     elif matched:
@@ -428,6 +504,7 @@ def verify(
 
 
 @command
+@network_command
 def rotate(contact: str, home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
     """Move the connection to fresh queues (new ids and keys)."""
     relay, _ = _run_agent(home, profile, lambda agent: agent.rotate(contact))
@@ -445,9 +522,14 @@ def _root(
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
+    testnet: Annotated[Optional[Path], typer.Option("--testnet", envvar=TESTNET_ENV, help="Use the private Tor network in this directory.")] = None,
+    tor_socks: Annotated[Optional[str], typer.Option("--tor-socks", help="A running tor's SOCKS port, [HOST:]PORT.")] = None,
+    tor_control: Annotated[Optional[int], typer.Option("--tor-control", help="That tor's control port.")] = None,
+    isolation: Annotated[str, typer.Option("--isolation", help="One Tor circuit per: queue, contact or profile.")] = "queue",
 ):
     """Private chat over one-directional queues on Tor onion relays."""
     _options.home, _options.profile, _options.json = home, profile, json_out
+    _options.testnet, _options.tor_socks, _options.tor_control, _options.isolation = testnet, tor_socks, tor_control, isolation
 
 
 def register(app: typer.Typer) -> None:

@@ -68,8 +68,13 @@ class Network:
         clock: Callable[[], float] = time.time,
         rng=os.urandom,
         timeout: float = 30.0,
+        isolation: str = "queue",
     ):
         self.trusted = list(trusted)
+        self.isolation = isolation
+        self.contact_tags: dict[bytes, str] = {}
+        """With ``isolation="contact"``: queue id (rid or snd) -> its contact's tag."""
+        self._retry_at: dict[str, tuple[float, float]] = {}  # relay -> (next attempt, backoff)
         self._connector = connector or DirectConnector()
         self._clock = clock
         self._rng = rng
@@ -80,6 +85,15 @@ class Network:
         """Messages pushed to subscribed queues, in arrival order. Each must be ACKed."""
 
     # --- links -------------------------------------------------------------
+
+    def tag_of(self, queue: InboundQueue | OutboundQueue) -> str:
+        """The isolation tag (circuit, socket) a queue's commands use."""
+        if self.isolation == "profile":
+            return "profile"
+        if self.isolation == "contact":
+            key = queue.rid if isinstance(queue, InboundQueue) else queue.snd
+            return self.contact_tags.get(key, queue.tag)
+        return queue.tag
 
     async def _link(self, relay: str, tag: str) -> RelayLink:
         key = f"{tag}@{relay}"
@@ -113,17 +127,17 @@ class Network:
         return InboundQueue(relay.address, ids.rid, ids.snd, rsec, crypto.queue_secret(dsec, ids.dhkey))
 
     async def secure_queue(self, queue: InboundQueue, sender_public: bytes) -> InboundQueue:
-        link = await self._link(queue.relay, queue.tag)
+        link = await self._link(queue.relay, self.tag_of(queue))
         await link.request(SecureQueue(sender_public), queue.rid, queue.recipient_secret)
         return InboundQueue(queue.relay, queue.rid, queue.snd, queue.recipient_secret, queue.queue_key, sender_public)
 
     async def delete_queue(self, queue: InboundQueue) -> None:
-        link = await self._link(queue.relay, queue.tag)
+        link = await self._link(queue.relay, self.tag_of(queue))
         await link.request(Delete(), queue.rid, queue.recipient_secret)
-        await self._drop(queue.relay, queue.tag)
+        await self._drop(queue.relay, self.tag_of(queue))
 
     async def get(self, queue: InboundQueue) -> Delivery | None:
-        link = await self._link(queue.relay, queue.tag)
+        link = await self._link(queue.relay, self.tag_of(queue))
         response = await link.request(Get(), queue.rid, queue.recipient_secret)
         if isinstance(response, NoMessage):
             return None
@@ -132,7 +146,7 @@ class Network:
     async def subscribe(self, queue: InboundQueue) -> None:
         """SUB: deliveries (one at a time per queue, the next after each ACK) go to ``deliveries``."""
         self._subscriptions[queue.rid] = queue
-        link = await self._link(queue.relay, queue.tag)
+        link = await self._link(queue.relay, self.tag_of(queue))
         await link.request(Subscribe(), queue.rid, queue.recipient_secret)
 
     async def resubscribe(self) -> list[Exception]:
@@ -142,20 +156,28 @@ class Network:
         """
         errors = []
         for queue in list(self._subscriptions.values()):
-            link = self._links.get(f"{queue.tag}@{queue.relay}")
+            link = self._links.get(f"{self.tag_of(queue)}@{queue.relay}")
             if link is not None and link.is_open:
+                continue
+            now = asyncio.get_running_loop().time()
+            next_try, delay = self._retry_at.get(queue.relay, (0.0, 0.5))
+            if now < next_try:
                 continue
             try:
                 await self.subscribe(queue)
             except (LinkClosed, RelayError, OSError) as exc:
+                # Back off per relay: 0.5 s, 1 s, 2 s ... up to 30 s between attempts.
+                self._retry_at[queue.relay] = (now + delay, min(delay * 2, 30.0))
                 errors.append(exc)
+            else:
+                self._retry_at.pop(queue.relay, None)
         return errors
 
     def unsubscribe(self, queue: InboundQueue) -> None:
         self._subscriptions.pop(queue.rid, None)
 
     async def ack(self, queue: InboundQueue, mid: bytes) -> None:
-        link = await self._link(queue.relay, queue.tag)
+        link = await self._link(queue.relay, self.tag_of(queue))
         try:
             await link.request(Ack(mid), queue.rid, queue.recipient_secret)
         except RelayError as exc:
@@ -187,7 +209,7 @@ class Network:
         """
         key = queue.sender_secret if queue.secured else None
         if any(r.address == queue.relay for r in self.trusted):
-            link = await self._link(queue.relay, queue.tag)
+            link = await self._link(queue.relay, self.tag_of(queue))
             await link.request(Send(body), queue.snd, key)
             return
         destination = parse_node_address(queue.relay)
@@ -195,7 +217,7 @@ class Network:
         last_error: Exception | None = None
         for relay in self.trusted:
             try:
-                link = await self._link(relay.address, queue.tag)
+                link = await self._link(relay.address, self.tag_of(queue))
                 result = await link.request(Forward(queue.relay, envelope))
             except LinkClosed as exc:
                 last_error = exc

@@ -5,9 +5,14 @@ This module only composes the sub-apps; each lives with its package
 import each other.
 """
 
-import importlib
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+
+from client.cli import register as register_client
+from node.cli import app as node_app
+from torconfig.cli import app as testnet_app
 
 app = typer.Typer(
     name="onionpost",
@@ -16,25 +21,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(node_app, name="node", help="Run and inspect a relay node.")
+app.add_typer(testnet_app, name="testnet", help="A private Tor network on 127.0.0.1 for tests and the demo.")
+register_client(app)
 
 
-def _mount(module: str, name: str, help_text: str) -> None:
-    try:
-        sub = importlib.import_module(module).app
-    except (ImportError, AttributeError):
-        return  # that part is not built yet
-    app.add_typer(sub, name=name, help=help_text)
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the working directory (logs, homes, invitation PNG).")] = False,
+    workdir: Annotated[Optional[Path], typer.Option("--dir", help="Work in this directory instead of a temporary one.")] = None,
+) -> None:
+    """Private Tor network + two onion relays + two people: invite, connect, talk, show the circuits."""
+    from .demo import main as run_demo
 
-
-_mount("node.cli", "node", "Run and inspect a relay node.")
-_mount("torconfig.cli", "testnet", "A private Tor network on 127.0.0.1 for tests and the demo.")
-
-try:
-    from client.cli import register as _register_client
-except ImportError:
-    _register_client = None
-if _register_client is not None:
-    _register_client(app)
+    raise typer.Exit(run_demo(keep=keep, workdir=workdir))
 
 
 def main() -> None:

@@ -1,0 +1,225 @@
+"""``onionpost demo``: a private Tor network, two onion relays, two people, one conversation.
+
+Everything runs on 127.0.0.1 in a temporary directory and is stopped by PID
+at the end, also on Ctrl-C. The relays are real ``onionpost node run``
+processes published as onion services; the two people are real clients with
+separate homes, each with its own tor, talking only to their own relay, which
+forwards to the other's.
+"""
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from client.agent import Agent
+from client.db import open_database
+from client.profiles import add_relay, create_profile
+from client.qr import qr_png, qr_terminal, read_qr_image
+from client.tor import ClientTor, TorSettings
+from torconfig.socks import isolation_credentials
+from torconfig.testnet import PrivateTorNetwork
+
+MESSAGES = [
+    ("alice", "Hi Bob, this came through two onion relays."),
+    ("bob", "Hi Alice! Neither relay knows it is us talking."),
+    ("alice", "And no socket carries both directions."),
+    ("bob", "See you on the other side of the QR code."),
+]
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def progress_line(prefix: str):
+    last = {"percent": -10.0}
+
+    def report(summary: str, percent: float) -> None:
+        if percent >= 100 or percent - last["percent"] >= 10:
+            last["percent"] = percent
+            print(f"  {prefix}: {percent:3.0f}% {summary}", file=sys.stderr, flush=True)
+
+    return report
+
+
+class RelayProcess:
+    """One ``onionpost node run`` child process, stopped by PID."""
+
+    def __init__(self, data: Path, testnet: Path):
+        self.data, self.testnet = data, testnet
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+
+    def start(self) -> None:
+        run = [sys.executable, "-m", "onionpost", "node"]
+        init = subprocess.run([*run, "init", "--data", str(self.data), "--onion"], capture_output=True, text=True)
+        if init.returncode != 0:
+            raise RuntimeError(f"node init failed: {init.stderr.strip()}")
+        self.log = open(self.data.parent / f"{self.data.name}.log", "wb")
+        self.proc = subprocess.Popen(
+            [*run, "run", "--data", str(self.data), "--testnet", str(self.testnet)],
+            stdout=subprocess.PIPE, stderr=self.log, start_new_session=True,
+        )
+
+    def wait_listening(self, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        line = b""
+        while b"\n" not in line:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"relay {self.data.name} did not start; see {self.log.name}")
+            line += os.read(self.proc.stdout.fileno(), 1)
+        self.address = line.decode().split(" address ")[-1].strip()
+        return self.address
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.stdout.close()
+            self.log.close()
+
+
+class Person:
+    def __init__(self, name: str, home: Path, relay: str, testnet: Path):
+        self.name, self.home = name, home
+        self.password = secrets.token_urlsafe(16)
+        db = open_database(home, self.password, create=True)
+        profile = create_profile(db, name, name.capitalize())
+        add_relay(db, profile, relay)
+        self.db, self.profile = db, profile
+        self.tor = ClientTor(home, TorSettings(testnet=testnet))
+        self.agent: Agent | None = None
+
+    async def start(self) -> None:
+        connector = await self.tor.start(progress=progress_line(f"{self.name}'s tor"))
+        self.agent = Agent(self.db, self.profile, connector=connector, timeout=60)
+
+    async def close(self) -> None:
+        if self.agent is not None:
+            await self.agent.close()
+        self.tor.stop()
+        self.db.close()
+
+
+async def _settle(*people: Person, rounds: int = 3, wait: float = 1.5) -> None:
+    for _ in range(rounds):
+        for person in people:
+            await person.agent.receive(wait=wait)
+
+
+def _short(address: str) -> str:
+    host = address.split("@")[-1]
+    return host[:12] + "…" + host[-12:] if len(host) > 30 else host
+
+
+async def _circuits(person: Person) -> list[str]:
+    paths = await person.tor.circuits_by_username()
+    lines = []
+    for row in person.agent.queue_tags():
+        username = isolation_credentials(row["tag"])[0]
+        path = paths.get(username)
+        hops = " > ".join(nick or fp[:8] for fp, nick in path) if path else "(no open circuit)"
+        arrow = "from" if row["direction"] == "from" else "to  "
+        lines.append(f"  {person.name}: queue {arrow} {row['contact']:<6} via {_short(row['relay'])}  circuit {hops}")
+    return lines
+
+
+async def run_demo(workdir: Path) -> None:
+    async with AsyncExitStack() as stack:
+        say(f"Working in {workdir}")
+        say("1. Starting a private Tor network on 127.0.0.1 (3 directory authorities + 4 relays)...")
+        network = PrivateTorNetwork(workdir / "tor-network")
+        started = time.monotonic()
+        stack.callback(network.down)
+        await asyncio.to_thread(network.up, progress_line("network"))
+        say(f"   up in {time.monotonic() - started:.1f} s")
+
+        say("2. Starting two onionpost relays as onion services...")
+        relays = [RelayProcess(workdir / name, network.directory) for name in ("relay-alice", "relay-bob")]
+        for relay in relays:
+            stack.callback(relay.stop)
+            relay.start()
+        started = time.monotonic()
+        addresses = await asyncio.gather(*(asyncio.to_thread(r.wait_listening) for r in relays))
+        say(f"   published in {time.monotonic() - started:.1f} s")
+        for name, address in zip(("Alice", "Bob"), addresses):
+            say(f"   {name}'s relay: {address}")
+
+        say("3. Two people, each with an encrypted home, their own relay and their own tor...")
+        alice = Person("alice", workdir / "alice", addresses[0], network.directory)
+        bob = Person("bob", workdir / "bob", addresses[1], network.directory)
+        for person in (alice, bob):
+            stack.push_async_callback(person.close)
+        await asyncio.gather(alice.start(), bob.start())
+
+        say("4. Alice makes an invitation; here is its QR code:")
+        _, link = await alice.agent.invite(auto_accept=True)
+        png = workdir / "invitation.png"
+        qr_png(link, png)
+        say(qr_terminal(link))
+        say(f"   (also saved as {png})")
+
+        say("5. Bob scans it from the PNG and sends a connection request; Alice's client accepts it.")
+        started = time.monotonic()
+        await bob.agent.connect(read_qr_image(png), via="qr-image", alias="alice")
+        await _settle(alice, bob)
+        states = [c.state for c in alice.agent.contacts() + bob.agent.contacts()]
+        if states != ["connected", "connected"]:
+            raise RuntimeError(f"the connection did not complete (states: {states})")
+        say(f"   connected in {time.monotonic() - started:.1f} s")
+
+        say("6. They talk:")
+        people = {"alice": alice, "bob": bob}
+        peer = {"alice": "bob", "bob": "alice"}
+        for sender, text in MESSAGES:
+            aliases = [c.alias for c in people[sender].agent.contacts()]
+            await people[sender].agent.send(aliases[0], text)
+            await _settle(people[peer[sender]], people[sender], rounds=1, wait=1.0)
+        await _settle(alice, bob, rounds=1)
+
+        say("\nThe conversation, as stored (encrypted) on Alice's device:")
+        contact = alice.agent.contacts()[0].alias
+        for message in alice.agent.history(contact):
+            who = "Alice" if message["direction"] == "out" else "Bob"
+            say(f"  {who:>5}: {message['text']}  [{message['state']}]")
+
+        code_a = alice.agent.security_code(contact)
+        code_b = bob.agent.security_code(bob.agent.contacts()[0].alias)
+        say(f"\nSecurity code (same on both sides: {code_a == code_b}): {code_a}")
+
+        say("\nWhich Tor circuit carries each one-directional queue:")
+        for person in (alice, bob):
+            for line in await _circuits(person):
+                say(line)
+        say("\nShutting down: clients, tors, relays and the Tor network, by PID.")
+    say("Done.")
+
+
+def main(keep: bool = False, workdir: Path | None = None) -> int:
+    directory = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="onionpost-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(run_demo(directory))
+        return 0
+    except KeyboardInterrupt:
+        print("\nInterrupted: everything was stopped.", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not keep and workdir is None:
+            shutil.rmtree(directory, ignore_errors=True)
