@@ -29,6 +29,24 @@ def set_nodelay(ws: aiohttp.ClientWebSocketResponse) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+async def open_websocket(session: aiohttp.ClientSession, host: str, port: int):
+    """Open the relay WebSocket on ``session``; close the session if that fails. Returns (session, ws)."""
+    host = f"[{host}]" if ":" in host else host
+    try:
+        ws = await session.ws_connect(
+            f"http://{host}:{port}{WEBSOCKET_PATH}",
+            # +1: aiohttp 3.14 refuses a message whose size equals max_msg_size; RelayLink checks the exact size.
+            max_msg_size=MAX_MESSAGE + 1,
+            autoping=True,
+            heartbeat=None,
+        )
+    except BaseException:
+        await session.close()
+        raise
+    set_nodelay(ws)
+    return session, ws
+
+
 class DirectConnector:
     """Connects straight to loopback nodes; refuses .onion (that needs Tor)."""
 
@@ -38,18 +56,5 @@ class DirectConnector:
     async def open(self, address: NodeAddress, isolation: str = ""):
         if address.is_onion:
             raise ConnectionError(f"{address.host} is an onion address: Tor is needed to reach it")
-        host = f"[{address.host}]" if ":" in address.host else address.host
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout))
-        try:
-            ws = await session.ws_connect(
-                f"http://{host}:{address.port}{WEBSOCKET_PATH}",
-                # +1: aiohttp 3.14 refuses a message whose size equals max_msg_size; RelayLink checks the exact size.
-                max_msg_size=MAX_MESSAGE + 1,
-                autoping=True,
-                heartbeat=None,
-            )
-        except BaseException:
-            await session.close()
-            raise
-        set_nodelay(ws)
-        return session, ws
+        return await open_websocket(session, address.host, address.port)

@@ -12,7 +12,7 @@ from aiohttp_socks import ProxyConnector, ProxyType
 from onionproto import NodeAddress
 from torconfig.socks import isolation_credentials
 
-from .connector import MAX_MESSAGE, WEBSOCKET_PATH, DirectConnector, set_nodelay
+from .connector import DirectConnector, open_websocket
 
 
 class TorConnector:
@@ -33,15 +33,4 @@ class TorConnector:
             rdns=True,  # the onion name goes to Tor; nothing is resolved locally
         )
         session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout))
-        try:
-            ws = await session.ws_connect(
-                f"http://{address.host}:{address.port}{WEBSOCKET_PATH}",
-                max_msg_size=MAX_MESSAGE + 1,
-                autoping=True,
-                heartbeat=None,
-            )
-        except BaseException:
-            await session.close()
-            raise
-        set_nodelay(ws)
-        return session, ws
+        return await open_websocket(session, address.host, address.port)
