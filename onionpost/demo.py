@@ -132,8 +132,11 @@ async def _circuits(person: Person) -> list[str]:
         username = isolation_credentials(row["tag"])[0]
         path = paths.get(username)
         hops = " > ".join(nick or fp[:8] for fp, nick in path) if path else "(no open circuit)"
-        arrow = "from" if row["direction"] == "from" else "to  "
-        lines.append(f"  {person.name}: queue {arrow} {row['contact']:<6} via {_short(row['relay'])}  circuit {hops}")
+        if row["direction"] == "from":
+            what = f"queue from {row['contact']:<6} (read at {_short(row['relay'])})"
+        else:
+            what = f"queue to   {row['contact']:<6} (sent through {person.name}'s relay)"
+        lines.append(f"  {person.name:<5} {what}  circuit {hops}")
     return lines
 
 
