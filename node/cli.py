@@ -7,8 +7,11 @@ non-zero exit status, never a traceback.
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +19,7 @@ import typer
 
 from .config import ConfigError
 from .datadir import DataDir, DataDirError
+from .onion import NodeTorError, TorOptions
 from .store import StoreError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -32,7 +36,7 @@ def _guard(action):
     """Run ``action``, turning the errors users can cause into one line on stderr."""
     try:
         return action()
-    except (DataDirError, ConfigError, StoreError) as exc:
+    except (DataDirError, ConfigError, StoreError, NodeTorError) as exc:
         _fail(str(exc))
     except sqlite3.DatabaseError as exc:
         _fail(f"the node database cannot be read: {exc}")
@@ -51,41 +55,162 @@ def init(
         Optional[list[str]],
         typer.Option("--access-key", help="Require this key to create queues (repeatable). Default: open node."),
     ] = None,
+    onion: Annotated[
+        bool,
+        typer.Option(
+            "--onion",
+            help="Run as a Tor v3 onion service: also create the onion service key (onion.key, which fixes the "
+            ".onion name) and record onion mode in node.json. The node is then reached as <name>.onion:80; "
+            "--listen stays loopback and is only the service's local target.",
+        ),
+    ] = False,
 ) -> None:
-    """Create a new node: identity key, node.json and an empty database in DATA."""
+    """Create a new node: identity key, node.json and an empty database in DATA; print its address."""
     directory = DataDir(data)
-    _guard(lambda: directory.init(listen, access_key or ()))
+    _guard(lambda: directory.init(listen, access_key or (), onion=onion))
     typer.echo(str(_guard(directory.address)))
 
 
 @app.command()
 def address(data: DataOption) -> None:
-    """Print the node's address (onionpost://KEY@HOST:PORT)."""
+    """Print the node's address: onionpost://KEY@NAME.onion:80 for an onion node (computed from its key, Tor is not started), else onionpost://KEY@HOST:PORT."""
     typer.echo(str(_guard(DataDir(data).address)))
+
+
+_TOR_FLAGS = "Tor flags (onion nodes only; a loopback node ignores them with a warning)"
 
 
 @app.command()
 def run(
     data: DataOption,
     log_level: Annotated[str, typer.Option(help="Logging level: DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    testnet: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--testnet",
+            envvar="ONIONPOST_TESTNET",
+            help="Directory of a private Tor network ('onionpost testnet up') for the tor the node launches to join "
+            "instead of the real Tor network.",
+            show_default=False,
+            rich_help_panel=_TOR_FLAGS,
+        ),
+    ] = None,
+    tor_control: Annotated[
+        Optional[int],
+        typer.Option(
+            "--tor-control",
+            help="Use the tor already running with this control PORT (127.0.0.1) instead of launching one; needs "
+            "--tor-socks. The node publishes its service there and leaves that tor running when it stops.",
+            min=1, max=65535, show_default=False, rich_help_panel=_TOR_FLAGS,
+        ),
+    ] = None,
+    tor_cookie: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--tor-cookie",
+            help="Authenticate to --tor-control with this cookie FILE. Default: the cookie file tor announces.",
+            show_default=False, rich_help_panel=_TOR_FLAGS,
+        ),
+    ] = None,
+    tor_password: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tor-password",
+            envvar="ONIONPOST_TOR_PASSWORD",
+            help="Authenticate to --tor-control with this password (HashedControlPassword); the environment "
+            "variable keeps it out of the process list.",
+            show_default=False, rich_help_panel=_TOR_FLAGS,
+        ),
+    ] = None,
+    tor_socks: Annotated[
+        Optional[int],
+        typer.Option(
+            "--tor-socks",
+            help="SOCKS PORT (127.0.0.1) of the --tor-control tor, used to forward to other onion nodes.",
+            min=1, max=65535, show_default=False, rich_help_panel=_TOR_FLAGS,
+        ),
+    ] = None,
 ) -> None:
-    """Run the node in the foreground until Ctrl-C or SIGTERM (exit status 0)."""
+    """Run the node in the foreground until Ctrl-C or SIGTERM (exit status 0).
+
+    An onion node (created with 'init --onion') launches its own tor under DATA/tor by default (bootstrap progress on stderr), or uses an existing one (--tor-control and --tor-socks). It prints the 'listening' line only once its onion service is published, forwards to other onion nodes through tor's SOCKS port (to loopback nodes directly), restarts a launched tor that dies, and on exit removes its service and stops the tor it launched.
+
+    A loopback node ignores the Tor flags, with a warning.
+    """
     from .server import run as serve
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         _fail(f"unknown log level {log_level!r}")
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("stem").setLevel(max(level, logging.WARNING))  # stem logs every control message
     directory = DataDir(data)
-    _guard(directory.load_config)
+    config = _guard(directory.load_config)
+    options = TorOptions(testnet=testnet, control_port=tor_control, cookie=tor_cookie, password=tor_password,
+                         socks_port=tor_socks)
+    if config.onion is None:
+        if options.given():
+            typer.echo(f"warning: {', '.join(options.given())} ignored: this node is not an onion node "
+                       "(it listens on loopback only; create one with 'onionpost node init --onion')", err=True)
+        options = TorOptions()
+    else:
+        for warning in _guard(options.check):
+            typer.echo(f"warning: {warning}", err=True)
 
     def listening(node_address) -> None:
-        print(f"onionpost node listening on {node_address.host}:{node_address.port} address {node_address}", flush=True)
+        print(f"onionpost node listening on {_host_port(config.host, config.port)} address {node_address}", flush=True)
 
     try:
-        _guard(lambda: asyncio.run(serve(directory, listening)))
+        _guard(lambda: _run_loop(serve(directory, listening, options)))
     except KeyboardInterrupt:
         pass
+    except typer.Exit as exc:
+        _exit_if_blocked(exc.exit_code)
+        raise
+    _exit_if_blocked(0)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _run_loop(main) -> None:
+    """``asyncio.run`` without its final wait for the worker threads (see ``_exit_if_blocked``)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()  # shuts the default executor down without waiting
+
+
+def _exit_if_blocked(code: int, grace: float = 2.0) -> None:
+    """Exit now if a thread is still blocked in a tor call the node gave up on.
+
+    Stopping while tor uploads the descriptor leaves stem waiting (up to its
+    timeout) in a worker thread, which the interpreter would join at exit. By
+    now the node has stopped, removed its service and stopped its tor, so
+    nothing is lost by not waiting.
+    """
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        logging.getLogger(__name__).info("not waiting for a tor call that was given up on")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
 
 
 @app.command()
@@ -93,15 +218,20 @@ def status(
     data: DataOption,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Print aggregate counts: queues and stored messages (read from the database, running or not); sessions and active subscriptions only while the node runs (it publishes them in status.json every second)."""
+    """Print aggregate counts: queues and stored messages (read from the database, running or not); sessions and active subscriptions only while the node runs (it publishes them in status.json every second). An onion node also shows its onion address and, while it runs, its service state (bootstrapping, publishing, published, restarting)."""
     from .status import read_status
 
     directory = DataDir(data)
-    _guard(directory.load_config)
+    config = _guard(directory.load_config)
     result = _guard(lambda: read_status(directory))
+    if config.onion is not None:
+        result["address"] = str(_guard(directory.address))
     if as_json:
         typer.echo(json.dumps(result))
         return
+    if config.onion is not None:
+        typer.echo(f"address: {result['address']}")
+        typer.echo(f"onion service: {result.get('onion_service', 'not running')}")
     typer.echo(f"running: {'yes' if result['running'] else 'no'}")
     typer.echo(f"queues: {result['queues']}")
     typer.echo(f"messages: {result['messages']}")

@@ -1,7 +1,10 @@
 """Node configuration: the ``node.json`` file of a data directory.
 
 Limits follow docs/protocol/relay.md, "Limits". Every field has a default, so
-a minimal file only names the listen address.
+a minimal file only names the listen address. An onion-mode node also has
+``"onion": {"virtual_port": 80}``: it is reached as a Tor onion service on
+that port, and its (loopback) listen address is only the service's local
+target.
 """
 
 import ipaddress
@@ -15,6 +18,7 @@ from onionproto.versions import MAX_ACCESS_KEY_LENGTH
 
 DEFAULT_HOST = "127.0.0.1"
 DAY = 86400
+DEFAULT_VIRTUAL_PORT = 80
 
 
 class ConfigError(ValueError):
@@ -30,6 +34,13 @@ class Throttle:
 
 
 @dataclass(frozen=True)
+class OnionConfig:
+    """Onion mode: the node is published as a v3 onion service on ``virtual_port``."""
+
+    virtual_port: int = DEFAULT_VIRTUAL_PORT
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     host: str = DEFAULT_HOST
     port: int = 0
@@ -40,11 +51,15 @@ class NodeConfig:
     throttle: Throttle = field(default_factory=Throttle)
     sweep_interval: float = 60.0
     """Seconds between sweeps of expired messages and seen envelope keys."""
+    onion: OnionConfig | None = None
+    """None: a loopback node (reached directly). Set: an onion service (see ``OnionConfig``)."""
 
     def to_json(self) -> dict:
         data = asdict(self)
         listen = {"host": data.pop("host"), "port": data.pop("port")}
         data["access_keys"] = list(self.access_keys)
+        if self.onion is None:
+            del data["onion"]  # loopback nodes keep the node.json they always had
         return {"listen": listen, **data}
 
     @classmethod
@@ -56,7 +71,7 @@ class NodeConfig:
         """
         if not isinstance(data, dict):
             raise ConfigError("the configuration must be a JSON object")
-        known = {"listen", "access_keys", "quota", "ttl", "unsecured_limit", "throttle", "sweep_interval"}
+        known = {"listen", "access_keys", "quota", "ttl", "unsecured_limit", "throttle", "sweep_interval", "onion"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
@@ -81,6 +96,7 @@ class NodeConfig:
                 burst=_integer("throttle.burst", throttle.get("burst", Throttle.burst), 1, 10**9),
             ),
             sweep_interval=_number("sweep_interval", data.get("sweep_interval", cls.sweep_interval)),
+            onion=None if data.get("onion") is None else _onion(data["onion"]),
         )
 
     def dumps(self) -> str:
@@ -105,7 +121,8 @@ def check_listen_host(host: object) -> str:
     except (AddressError, ValueError):
         raise ConfigError(
             f"listen host {host!r} refused: this release listens only on loopback addresses "
-            "(127.0.0.0/8 or ::1); onion service support comes with Tor"
+            "(127.0.0.0/8 or ::1); to be reached over Tor, create the node with --onion "
+            "(the listen address is then the onion service's local target)"
         ) from None
     return normal
 
@@ -132,6 +149,12 @@ def parse_listen(text: str) -> tuple[str, int]:
             raise ConfigError(f"--listen {text!r}: port must be a number from 0 to 65535")
         port = int(port_text)
     return check_listen_host(host or DEFAULT_HOST), port
+
+
+def _onion(value: object) -> OnionConfig:
+    if not isinstance(value, dict) or set(value) - {"virtual_port"}:
+        raise ConfigError('"onion" must be {"virtual_port": ...}')
+    return OnionConfig(virtual_port=_integer("onion.virtual_port", value.get("virtual_port", DEFAULT_VIRTUAL_PORT), 1, 65535))
 
 
 def check_access_key(key: object) -> str:

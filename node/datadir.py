@@ -1,7 +1,10 @@
 """The node's data directory: ``node.json``, ``identity.key``, ``node.db``.
 
 The directory is mode 0700 and every file in it 0600. ``status.json`` is
-written by a running node (see ``node.status``).
+written by a running node (see ``node.status``). An onion-mode node also has
+``onion.key`` (the 32-byte Ed25519 seed of its onion service, which fixes its
+``.onion`` name) and, once run with a tor of its own, ``tor/`` (that tor's
+DataDirectory).
 """
 
 import os
@@ -12,12 +15,16 @@ from pathlib import Path
 from onionproto import NodeAddress
 from onionproto import crypto
 
-from .config import ConfigError, NodeConfig, check_access_key, parse_listen
+from torconfig.onion_keys import onion_address_of_key
+
+from .config import ConfigError, NodeConfig, OnionConfig, check_access_key, parse_listen
 
 CONFIG_FILE = "node.json"
 IDENTITY_FILE = "identity.key"
+ONION_KEY_FILE = "onion.key"
 DB_FILE = "node.db"
 STATUS_FILE = "status.json"
+TOR_DIR = "tor"
 SEED_SIZE = 32
 
 
@@ -58,8 +65,27 @@ class DataDir:
     def status_path(self) -> Path:
         return self.path / STATUS_FILE
 
-    def init(self, listen: str | None = None, access_keys: list[str] | tuple[str, ...] = (), rng=os.urandom) -> NodeConfig:
+    @property
+    def onion_key_path(self) -> Path:
+        return self.path / ONION_KEY_FILE
+
+    @property
+    def tor_dir(self) -> Path:
+        """DataDirectory of the tor a running onion node launches."""
+        return self.path / TOR_DIR
+
+    def init(
+        self,
+        listen: str | None = None,
+        access_keys: list[str] | tuple[str, ...] = (),
+        rng=os.urandom,
+        *,
+        onion: bool = False,
+    ) -> NodeConfig:
         """Create a new node here: identity, configuration and an empty database.
+
+        With ``onion``, also a persistent onion service key (``onion.key``);
+        the node is then published as ``<name>.onion:80`` when it runs.
 
         Raises:
             DataDirError: a node already exists here, or the directory cannot be made.
@@ -67,15 +93,17 @@ class DataDir:
         """
         host, port = parse_listen(listen or "")
         keys = tuple(check_access_key(k) for k in access_keys)
-        if self.config_path.exists() or self.identity_path.exists():
+        if self.config_path.exists() or self.identity_path.exists() or self.onion_key_path.exists():
             raise DataDirError(f"a node already exists in {self.path}; refusing to overwrite it")
         if port == 0:
             port = free_port(host)
-        config = NodeConfig(host=host, port=port, access_keys=keys)
+        config = NodeConfig(host=host, port=port, access_keys=keys, onion=OnionConfig() if onion else None)
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.path, 0o700)
             write_private(self.identity_path, rng(SEED_SIZE))
+            if onion:
+                write_private(self.onion_key_path, rng(SEED_SIZE))
             write_private(self.config_path, config.dumps().encode())
         except OSError as exc:
             raise DataDirError(f"cannot create the node in {self.path}: {exc.strerror or exc}") from None
@@ -105,9 +133,33 @@ class DataDir:
             raise DataDirError(f"corrupted identity {self.identity_path}: expected {SEED_SIZE} bytes, found {len(seed)}")
         return Identity.from_seed(seed)
 
+    def load_onion_key(self) -> bytes:
+        """The onion service's 32-byte Ed25519 seed (onion mode only).
+
+        Raises:
+            DataDirError: the key file is missing or not 32 bytes.
+        """
+        self._check_exists()
+        try:
+            seed = self.onion_key_path.read_bytes()
+        except FileNotFoundError:
+            raise DataDirError(
+                f"{self.onion_key_path} is missing: node.json is in onion mode but the onion service key is gone "
+                "(restore it from a backup to keep the node's .onion address)"
+            ) from None
+        except OSError as exc:
+            raise DataDirError(f"cannot read {self.onion_key_path}: {exc.strerror or exc}") from None
+        if len(seed) != SEED_SIZE:
+            raise DataDirError(f"corrupted onion key {self.onion_key_path}: expected {SEED_SIZE} bytes, found {len(seed)}")
+        return seed
+
     def address(self) -> NodeAddress:
+        """The address clients use: ``<name>.onion:<virtual port>`` in onion mode (computed, no Tor needed), else the listen address."""
         config = self.load_config()
-        return NodeAddress(self.load_identity().public, config.host, config.port)
+        identity = self.load_identity()
+        if config.onion is not None:
+            return NodeAddress(identity.public, onion_address_of_key(self.load_onion_key()), config.onion.virtual_port)
+        return NodeAddress(identity.public, config.host, config.port)
 
     def _check_exists(self) -> None:
         if not self.path.is_dir():

@@ -66,6 +66,11 @@ class Forwarder:
             except LinkClosed:
                 self._failed_at[address] = time.monotonic()
                 raise
+            except Exception as exc:
+                # A SOCKS refusal (tor: "Host unreachable" for an onion it cannot reach) comes
+                # through as the SOCKS library's own error: the destination is unreachable all the same.
+                self._failed_at[address] = time.monotonic()
+                raise LinkClosed(f"destination unreachable ({type(exc).__name__})") from None
             self._links[address] = link
             return link
 

@@ -3,7 +3,7 @@
 ``make_app`` builds the application from a config, an identity and a store,
 with the clock, randomness and forwarding connector injected (tests move
 time; Tor plugs in as a connector). ``run`` serves a data directory until
-SIGINT/SIGTERM.
+SIGINT/SIGTERM; in onion mode it runs the node's tor too (``node.onion``).
 """
 
 import asyncio
@@ -21,6 +21,7 @@ from onionproto import NodeAddress, NodeSession
 from onionproto import crypto
 from transport import Connector
 from transport.connector import MAX_MESSAGE, WEBSOCKET_PATH
+from transport.tor import TorConnector
 
 from .commands import Dispatcher
 from .committer import Committer
@@ -29,6 +30,8 @@ from .connection import Connection
 from .datadir import DataDir, Identity
 from .forwarder import Forwarder
 from .mailbox import Mailbox
+from .onion import NodeTor, Progress, TorOptions, print_progress
+from .onion import _Stopped as TorStopped
 from .status import remove_status, write_status
 from .store import QueueStore, SQLiteQueueStore
 from .subscriptions import Subscriptions
@@ -66,6 +69,8 @@ class Node:
         self.forwarder = Forwarder(connector)
         self.dispatcher = Dispatcher(identity, self.mailbox, self.committer, self.subscriptions, self.forwarder, clock=clock, rng=rng)
         self.connections: set[Connection] = set()
+        self.status_extra: Callable[[], dict] | None = None
+        """Extra fields for status.json (an onion node's service state)."""
         self._tasks: list[asyncio.Task] = []
         self._sweeps = 0
 
@@ -76,11 +81,13 @@ class Node:
         ws = web.WebSocketResponse(max_msg_size=4 * MAX_MESSAGE, compress=False, heartbeat=60.0)
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="onionpost relay: WebSocket only\n")
-        await ws.prepare(request)
+        # No Nagle: over an onion service the peer is tor on loopback, and Nagle + delayed ACK
+        # turns a 1 ms round trip into ~88 ms.
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await ws.prepare(request)
         session = NodeSession(self.identity.public, self.identity.secret, rng=self.rng)
         throttle = TokenBucket(self.config.throttle.rate, self.config.throttle.burst)
         conn = Connection(ws, session, self.dispatcher, throttle)
@@ -119,7 +126,8 @@ class Node:
     def write_status(self) -> None:
         if self.status_path is not None:
             try:
-                write_status(self.status_path, subscriptions=len(self.subscriptions), sessions=len(self.connections))
+                extra = self.status_extra() if self.status_extra is not None else {}
+                write_status(self.status_path, subscriptions=len(self.subscriptions), sessions=len(self.connections), **extra)
             except OSError as exc:
                 log.warning("cannot write the status file: %s", exc.strerror or type(exc).__name__)
 
@@ -171,28 +179,105 @@ def make_app(
     return app
 
 
-async def run(data_dir: DataDir, on_listening: Callable[[NodeAddress], None]) -> None:
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` now, so a busy port fails at once (not after tor's bootstrap).
+
+    Raises:
+        OSError: the address cannot be bound; the message names it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart must not wait for TIME_WAIT
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]" if ":" in host else host
+        raise OSError(exc.errno, f"cannot listen on {shown}:{port}: {(exc.strerror or str(exc)).lower()}") from None
+    return sock
+
+
+async def run(
+    data_dir: DataDir,
+    on_listening: Callable[[NodeAddress], None],
+    tor_options: TorOptions | None = None,
+    progress: Progress | None = print_progress,
+) -> None:
     """Serve ``data_dir`` until SIGINT or SIGTERM.
+
+    A loopback node listens and calls ``on_listening`` at once. An onion-mode
+    node first gets its tor (``tor_options``: launch one, by default, or
+    attach to an existing one), then listens, publishes its onion service and
+    calls ``on_listening`` only once the descriptor is uploaded; forwarding
+    goes through that tor's SOCKS port. Whatever happens, the onion service is
+    removed and a tor the node launched is stopped before this returns.
 
     Raises:
         DataDirError, StoreError: the data directory cannot be used.
         OSError: the listen address cannot be bound.
+        NodeTorError: tor could not be started, reached or kept running.
     """
     config = data_dir.load_config()
     identity = data_dir.load_identity()
-    store = SQLiteQueueStore(data_dir.db_path)
-    app = make_app(config, identity, store, status_path=data_dir.status_path)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    address = data_dir.address()  # the .onion address in onion mode
+    seed = data_dir.load_onion_key() if config.onion is not None else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tor: NodeTor | None = None
+    runner: web.AppRunner | None = None
+    store: QueueStore | None = None
+    sock = bind_listener(config.host, config.port)
     try:
-        site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=5.0)
+        connector = None
+        if seed is not None:
+            tor = NodeTor(data_dir, seed, config.onion.virtual_port, (config.host, config.port),
+                          tor_options or TorOptions(), stop, progress)
+            await tor.start()
+            connector = TorConnector(socks_port=tor.socks_port)
+            tor.on_socks_port = lambda port: setattr(connector, "socks_port", port)
+        store = SQLiteQueueStore(data_dir.db_path)
+        app = make_app(config, identity, store, connector=connector, status_path=data_dir.status_path)
+        if tor is not None:
+            node = app[NODE_KEY]
+            node.status_extra = lambda: {"onion_service": tor.state}
+            tor.on_state = node.write_status
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        store = None  # the app owns it now
+        site = web.SockSite(runner, sock, shutdown_timeout=5.0)
         await site.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        on_listening(NodeAddress(identity.public, config.host, config.port))
-        await stop.wait()
+        watcher = None
+        if tor is not None:
+            await tor.publish()
+            watcher = asyncio.ensure_future(tor.watch())
+        on_listening(address)
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopping} | ({watcher} if watcher else set()), return_when=asyncio.FIRST_COMPLETED)
+        if watcher is not None:
+            if not watcher.done():
+                stop.set()
+                await asyncio.wait({watcher}, timeout=30.0)
+            if watcher.done():
+                watcher.result()  # NodeTorError: tor could not be kept running
+            else:
+                watcher.cancel()
+        stopping.cancel()
         log.info("stopping")
+    except TorStopped:
+        log.info("stopped before the onion service was published")
     finally:
-        await runner.cleanup()
+        try:
+            if tor is not None:
+                tor.on_state = None  # status.json goes with the app; the tor's last states are not news
+            if runner is not None:
+                await runner.cleanup()
+            if store is not None:
+                store.close()
+        finally:
+            sock.close()
+            if tor is not None:
+                await tor.close()

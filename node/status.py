@@ -12,8 +12,9 @@ from .datadir import replace_private
 from .store import read_counts
 
 
-def write_status(path: Path, *, subscriptions: int, sessions: int) -> None:
-    data = {"pid": os.getpid(), "subscriptions": subscriptions, "sessions": sessions}
+def write_status(path: Path, *, subscriptions: int, sessions: int, **extra: str) -> None:
+    """``extra``: more live fields (an onion node adds ``onion_service``, its state)."""
+    data = {"pid": os.getpid(), "subscriptions": subscriptions, "sessions": sessions, **extra}
     replace_private(path, json.dumps(data).encode())
 
 
@@ -35,6 +36,8 @@ def read_status(data_dir) -> dict:
         return status
     if _process_alive(pid):
         status.update(running=True, subscriptions=int(live.get("subscriptions", 0)), sessions=int(live.get("sessions", 0)))
+        if isinstance(live.get("onion_service"), str):
+            status["onion_service"] = live["onion_service"]
     return status
 
 
