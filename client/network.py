@@ -105,6 +105,11 @@ class Network:
             address, connector=self._connector, isolation=tag, on_push=self._on_push, timeout=self._timeout
         )
         self._links[key] = link
+        # A replaced link starts with no subscription: renew those of the queues it carries,
+        # whatever command made us reopen it (an ACK, a GET...), or their pushes would stop.
+        for queue in list(self._subscriptions.values()):
+            if queue.relay == relay and self.tag_of(queue) == tag:
+                await link.request(Subscribe(), queue.rid, queue.recipient_secret)
         return link
 
     async def close(self) -> None:
@@ -146,8 +151,11 @@ class Network:
     async def subscribe(self, queue: InboundQueue) -> None:
         """SUB: deliveries (one at a time per queue, the next after each ACK) go to ``deliveries``."""
         self._subscriptions[queue.rid] = queue
-        link = await self._link(queue.relay, self.tag_of(queue))
-        await link.request(Subscribe(), queue.rid, queue.recipient_secret)
+        link = self._links.get(f"{self.tag_of(queue)}@{queue.relay}")
+        if link is not None and link.is_open:
+            await link.request(Subscribe(), queue.rid, queue.recipient_secret)
+        else:
+            await self._link(queue.relay, self.tag_of(queue))  # a new link subscribes the queues it carries
 
     async def resubscribe(self) -> list[Exception]:
         """Re-SUB every subscribed queue whose link has closed (relay restarted, circuit died).

@@ -58,14 +58,17 @@ class RelayProcess:
         self.proc: subprocess.Popen | None = None
         self.address = ""
 
-    def start(self) -> None:
-        run = [sys.executable, "-m", "onionpost", "node"]
-        init = subprocess.run([*run, "init", "--data", str(self.data), "--onion"], capture_output=True, text=True)
+    COMMAND = [sys.executable, "-m", "onionpost", "node"]
+
+    def init(self) -> None:
+        init = subprocess.run([*self.COMMAND, "init", "--data", str(self.data), "--onion"], capture_output=True, text=True)
         if init.returncode != 0:
             raise RuntimeError(f"node init failed: {init.stderr.strip()}")
-        self.log = open(self.data.parent / f"{self.data.name}.log", "wb")
+
+    def start(self) -> None:
+        self.log = open(self.data.parent / f"{self.data.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [*run, "run", "--data", str(self.data), "--testnet", str(self.testnet)],
+            [*self.COMMAND, "run", "--data", str(self.data), "--testnet", str(self.testnet)],
             stdout=subprocess.PIPE, stderr=self.log, start_new_session=True,
         )
 
@@ -154,6 +157,7 @@ async def run_demo(workdir: Path) -> None:
         relays = [RelayProcess(workdir / name, network.directory) for name in ("relay-alice", "relay-bob")]
         for relay in relays:
             stack.callback(relay.stop)
+            relay.init()
             relay.start()
         started = time.monotonic()
         addresses = await asyncio.gather(*(asyncio.to_thread(r.wait_listening) for r in relays))

@@ -7,7 +7,7 @@ carries two queues. Loopback nodes are reached directly (local development).
 """
 
 import aiohttp
-from aiohttp_socks import ProxyConnector, ProxyType
+from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyTimeoutError, ProxyType
 
 from onionproto import NodeAddress
 from torconfig.socks import isolation_credentials
@@ -33,4 +33,7 @@ class TorConnector:
             rdns=True,  # the onion name goes to Tor; nothing is resolved locally
         )
         session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout))
-        return await open_websocket(session, address.host, address.port)
+        try:
+            return await open_websocket(session, address.host, address.port)
+        except (ProxyError, ProxyConnectionError, ProxyTimeoutError) as exc:  # e.g. tor's "Host unreachable": the onion is not reachable now
+            raise ConnectionError(f"Tor could not reach {address.host}: {exc}") from None

@@ -121,3 +121,26 @@ async def test_hundred_messages_each_way_with_kills_and_restarts(nodes, tmp_path
     assert states == {"delivered"}
     # Nothing was shown twice: the store holds each message once.
     assert len(incoming_texts(bob, alice_alias)) == N and len(incoming_texts(alice, bob_alias)) == N
+
+
+@pytest.mark.timeout(60)
+async def test_messages_keep_flowing_after_a_queue_link_drops(nodes, tmp_path):
+    """A dropped link is replaced by whatever command needs it next (here the ACK of a message
+    already received); the replacement must carry the subscription, or pushes stop."""
+    alice = Person(tmp_path / "alice", "alice", [nodes("relay-a")])
+    bob = Person(tmp_path / "bob", "bob", [nodes("relay-b")])
+    a, b = alice.agent(), bob.agent()
+    try:
+        bob_alias, alice_alias = await connect_pair(a, b)
+        await a.send(bob_alias, "one")
+        await a.receive(wait=0.2), await b.receive(wait=0.3)  # Bob's receipt now waits for Alice
+        await asyncio.sleep(0.3)
+        inbound = next(link for key, link in a.network._links.items() if key.startswith("in:"))  # noqa: SLF001
+        await inbound.close()
+        await b.send(alice_alias, "after the drop")
+        for _ in range(3):
+            await a.receive(wait=0.5)
+            await b.receive(wait=0.2)
+        assert [m["text"] for m in a.history(bob_alias) if m["direction"] == "in"] == ["after the drop"]
+    finally:
+        await close_agent(a), await close_agent(b)

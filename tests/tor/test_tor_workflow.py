@@ -32,6 +32,7 @@ def relays(tor_network, tmp_path_factory):
     started = [RelayProcess(base / name, tor_network.directory) for name in ("relay-a", "relay-b")]
     try:
         for relay in started:
+            relay.init()
             relay.start()
         for relay in started:
             relay.wait_listening()
@@ -127,7 +128,7 @@ async def queue_circuits(client: Client) -> dict[str, tuple[str, str]]:
     for key, link in client.agent.network._links.items():  # noqa: SLF001 (the test inspects the sockets)
         if not link.is_open:
             continue
-        tag = key.rsplit("@", 1)[0]
+        tag = key.split("@", 1)[0]  # keys are "tag@address", and addresses contain "@" too
         local_port = link._ws.get_extra_info("socket").getsockname()[1]  # noqa: SLF001
         stream = streams[local_port]
         result[tag] = (stream.circuit_id, circuits[stream.circuit_id].socks_username)
@@ -155,7 +156,9 @@ async def test_each_queue_uses_its_own_circuit_even_after_a_reconnect(connected,
         await inbound_link.close()
         await bob.agent.send("alice", "after the reconnect")
         await settle(bob.agent, alice.agent, rounds=2)
-        assert texts(alice.agent, bob_alias, "in")[-1] == "after the reconnect"
+        errors = await alice.agent.network.resubscribe()
+        links = {k.split("@", 1)[0]: (l.is_open, l.closed_reason) for k, l in alice.agent.network._links.items()}
+        assert texts(alice.agent, bob_alias, "in")[-1:] == ["after the reconnect"], (alice.agent.events, bob.agent.history("alice"), errors, links)
         after = await queue_circuits(alice)
         others = {circuit for tag, (circuit, _) in after.items() if tag != inbound_tag}
         assert after[inbound_tag][0] not in others
