@@ -144,3 +144,39 @@ async def test_messages_keep_flowing_after_a_queue_link_drops(nodes, tmp_path):
         assert [m["text"] for m in a.history(bob_alias) if m["direction"] == "in"] == ["after the drop"]
     finally:
         await close_agent(a), await close_agent(b)
+
+
+@pytest.mark.timeout(90)
+async def test_rotation_moves_to_fresh_queues_without_losing_messages_in_flight(nodes, tmp_path):
+    alice = Person(tmp_path / "alice", "alice", [nodes("relay-a1"), nodes("relay-a2")])
+    bob = Person(tmp_path / "bob", "bob", [nodes("relay-b")])
+    a, b = alice.agent(), bob.agent()
+    try:
+        bob_alias, alice_alias = await connect_pair(a, b)
+        old_inbound = a.db.fetch_one("SELECT inbound FROM contacts WHERE alias = ?", (bob_alias,))[0]
+        await b.send(alice_alias, "in flight 1")  # waiting on the old queue while Alice rotates
+        new_relay = await a.rotate(bob_alias)
+        await b.send(alice_alias, "in flight 2")  # Bob has not seen the rotation yet: old queue too
+        await b.receive(wait=0.5)  # Bob gets qnew: sends qdone on the old queue, switches
+        await b.send(alice_alias, "on the new queue")
+        for _ in range(3):
+            await a.receive(wait=0.5)
+            await b.receive(wait=0.2)
+        # Both queues are read during the switch, so arrival order may differ; the sender's order (seq) is intact.
+        received = sorted((m["seq"], m["text"]) for m in a.history(bob_alias) if m["direction"] == "in")
+        assert [text for _, text in received] == ["in flight 1", "in flight 2", "on the new queue"]
+        new_inbound = a.db.fetch_one("SELECT inbound, next_inbound FROM contacts WHERE alias = ?", (bob_alias,))
+        assert new_inbound[1] is None and new_inbound[0] != old_inbound  # the rotation completed
+        from client.queues import InboundQueue
+
+        old, new = InboundQueue.from_bytes(old_inbound), InboundQueue.from_bytes(new_inbound[0])
+        assert new.relay == new_relay != old.relay  # moved to Alice's other relay
+        assert {old.rid, old.snd}.isdisjoint({new.rid, new.snd})
+        # The old queue is gone from its relay.
+        with pytest.raises(Exception, match="NO_QUEUE"):
+            await a.network.get(old)
+        await a.send(bob_alias, "still talking")
+        await b.receive(wait=0.5)
+        assert [m["text"] for m in b.history(alice_alias) if m["direction"] == "in"] == ["still talking"]
+    finally:
+        await close_agent(a), await close_agent(b)
