@@ -97,26 +97,24 @@ def tor_pids_under(directory: Path) -> list[int]:
 def stop_pids(pids: list[int], timeout: float = STOP_TIMEOUT) -> None:
     """Stop processes: SIGTERM, then SIGKILL whatever is alive after ``timeout``."""
     pids = [pid for pid in pids if pid_alive(pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.05)
-        pids = [pid for pid in pids if pid_alive(pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.05)
-        pids = [pid for pid in pids if pid_alive(pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _signal_and_wait(pids, sig, timeout)
     if pids:
         raise TorError(f"processes still alive after SIGKILL: {pids}")
+
+
+def _signal_and_wait(pids: list[int], sig: int, timeout: float) -> list[int]:
+    """Send ``sig`` to each pid; return those still alive after ``timeout``."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pids = [pid for pid in pids if pid_alive(pid)]
+    return pids
 
 
 def read_control_port_file(path: Path) -> int | None:
