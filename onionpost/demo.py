@@ -182,8 +182,11 @@ async def run_demo(workdir: Path) -> None:
         say("5. Bob scans it from the PNG and sends a connection request; Alice's client accepts it.")
         started = time.monotonic()
         await bob.agent.connect(read_qr_image(png), via="qr-image", alias="alice")
-        await _settle(alice, bob)
-        states = [c.state for c in alice.agent.contacts() + bob.agent.contacts()]
+        for _ in range(20):  # each side receives briefly until both are connected
+            await _settle(alice, bob, rounds=1, wait=0.3)
+            states = [c.state for c in alice.agent.contacts() + bob.agent.contacts()]
+            if states == ["connected", "connected"]:
+                break
         if states != ["connected", "connected"]:
             raise RuntimeError(f"the connection did not complete (states: {states})")
         say(f"   connected in {time.monotonic() - started:.1f} s")
