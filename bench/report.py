@@ -7,7 +7,7 @@ import platform
 import time
 from pathlib import Path
 
-from .common import Result, Row
+from .common import Result
 
 
 def fmt(value) -> str:

@@ -140,7 +140,6 @@ async def delivery(a_address, b_address, socks_port: int, trials: int, messages:
         rkey, rsecret = crypto.signing_keypair()
         dh_public, dh_secret = crypto.dh_keypair()
         skey, ssecret = crypto.signing_keypair()
-        state = {}
 
         def on_push(rid, response):
             if isinstance(response, Message):

@@ -1,8 +1,8 @@
 """Commands, responses and hellos of relay protocol v1, and their msgpack forms.
 
 docs/protocol/relay.md, "Commands" and "Responses". The tables below are the
-single source of truth for field names and types; the spec's tables are
-generated from the same definitions (see ``tests/unit/proto/test_spec_tables.py``).
+single source of truth for field names and types; a test checks that the
+spec's tables match them (``tests/unit/proto/test_spec_tables.py``).
 """
 
 from dataclasses import dataclass, fields
@@ -18,7 +18,6 @@ from .versions import (
     MAX_ACCESS_KEY_LENGTH,
     MAX_ADDRESS_LENGTH,
     MAX_BODY,
-    NONCE_SIZE,
     QUEUE_ID_SIZE,
     SEALED_CONTENT_SIZE,
     SESSION_ID_SIZE,
@@ -356,4 +355,3 @@ NODE_HELLO = {"hello": Bin(max_size=512), "sig": Bin(SIGNATURE_SIZE)}
 CLIENT_HELLO = {"v": Int(1, 0xFFFF), "ckey": KEY}
 ENVELOPE_FIELDS = {"epk": KEY, "box": Bin(max_size=SEALED_CONTENT_SIZE)}
 ENVELOPE_CONTENT = {"ts": Int(), "t": Bin(max_size=SEALED_CONTENT_SIZE)}
-DELIVERY_NONCE_SIZE = NONCE_SIZE

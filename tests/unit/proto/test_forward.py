@@ -2,7 +2,7 @@ import pytest
 
 from onionproto import ErrorCode, Ok, RemoteProtocolError, Send, crypto, forward
 from onionproto.delivery import open_message, seal_message
-from onionproto.frames import Error, TransmissionError
+from onionproto.frames import Error
 from onionproto.testing import DeterministicRng
 
 NOW = 1_800_000_000
