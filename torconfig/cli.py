@@ -45,8 +45,8 @@ def _summary(status: dict) -> str:
     for node in status["nodes"]:
         ports = f"or {node['or_port']}" + (f" dir {node['dir_port']}" if node["dir_port"] else "")
         ports += f" control {node['control_port']}" if node.get("control_port") else ""
-        state = "alive" if node["alive"] else "DEAD"
-        lines.append(f"  {node['name']:<8} {node['role']:<9} pid {node['pid']:<7} {state:<5} {ports}")
+        state = "killed" if node.get("removed") else "alive" if node["alive"] else "DEAD"
+        lines.append(f"  {node['name']:<8} {node['role']:<9} pid {node['pid']:<7} {state:<6} {ports}")
     if status.get("consensus"):
         lines.append(f"consensus valid-after {status['consensus']['valid_after']} UTC, "
                      f"{status['consensus']['routers']} routers")
@@ -87,3 +87,12 @@ def down(directory: Path = DirOption) -> None:
     with _errors():
         stopped = PrivateTorNetwork(directory).down()
     typer.echo("network stopped" if stopped else "no network was running")
+
+
+@app.command("kill-relay")
+def kill_relay(name: str = typer.Argument(..., help="Relay to kill, e.g. relay0 (see `testnet status`)."),
+               directory: Path = DirOption) -> None:
+    """Kill one relay (SIGKILL) and have the authorities drop it, as when a relay dies on the real network."""
+    with _errors():
+        seconds = PrivateTorNetwork(directory).kill_relay(name)
+    typer.echo(f"{name} killed; the authorities dropped it from the consensus after {seconds:.1f} s")

@@ -103,6 +103,12 @@ def stop_pids(pids: list[int], timeout: float = STOP_TIMEOUT) -> None:
         raise TorError(f"processes still alive after SIGKILL: {pids}")
 
 
+def kill_pids(pids: list[int], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGKILL processes at once, as a crash would, and wait until they are gone."""
+    if _signal_and_wait([pid for pid in pids if pid_alive(pid)], signal.SIGKILL, timeout):
+        raise TorError(f"processes still alive after SIGKILL: {pids}")
+
+
 def _signal_and_wait(pids: list[int], sig: int, timeout: float) -> list[int]:
     """Send ``sig`` to each pid; return those still alive after ``timeout``."""
     for pid in pids:

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -45,6 +46,7 @@ UP_TIMEOUT = 90.0
 STATE_FILE = "network.json"
 IDENTITIES_FILE = "identities.json"
 REQUIRED_FLAGS = {"Running", "Valid", "HSDir"}
+APPROVED_ROUTERS = "approved-routers"  # an authority's list of rejected relays (tor(1), DataDirectory)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -368,6 +370,55 @@ class PrivateTorNetwork:
         data_dir = Path(node["data_dir"])
         return process.log_tail(data_dir / "tor.out", data_dir / "notice.log") or "no output"
 
+    def kill_relay(self, name: str, timeout: float = UP_TIMEOUT) -> float:
+        """Kill relay ``name`` (SIGKILL) and have the authorities drop it from the consensus.
+
+        On the real network authorities stop listing a relay once their
+        reachability tests fail, which takes them up to 45 minutes; ours run
+        with ``AssumeReachable`` (for the fast start) and never would. So each
+        authority is told to reject the relay's fingerprint (its
+        ``approved-routers`` file, reloaded on SIGHUP): the same outcome at
+        the next vote. The relay stays down until the next ``up``.
+
+        Returns:
+            Seconds from the kill until every authority serves a consensus without it.
+
+        Raises:
+            ValueError: ``name`` is not a running relay of this network.
+            TorError: the authorities still list it after ``timeout`` seconds.
+        """
+        with self._locked():
+            state = load_state(self.directory)
+            node = next((n for n in (state or {}).get("nodes", []) if n["name"] == name), None)
+            if node is None:
+                raise ValueError(f"no node named {name!r} in the network in {self.directory}")
+            if node["role"] != "relay":
+                raise ValueError(f"{name} is a directory authority; only relays can be killed")
+            if node.get("removed"):
+                raise ValueError(f"{name} was already killed")
+            start = time.monotonic()
+            process.kill_pids([node["pid"]])
+            node["removed"] = True
+            _write_json(self.state_path, state)
+            for authority in (n for n in state["nodes"] if n["role"] == "authority"):
+                rejected = Path(authority["data_dir"]) / APPROVED_ROUTERS
+                previous = rejected.read_text() if rejected.exists() else ""
+                rejected.write_text(previous + f"!reject {node['fingerprint']}\n")
+                os.kill(authority["pid"], signal.SIGHUP)
+            while time.monotonic() - start < timeout:
+                if self._dropped_everywhere(state, name):
+                    return time.monotonic() - start
+                time.sleep(0.2)
+        raise TorError(f"the authorities still list {name} after {timeout:.0f} s")
+
+    @staticmethod
+    def _dropped_everywhere(state: dict, name: str) -> bool:
+        for authority in (n for n in state["nodes"] if n["role"] == "authority"):
+            text = fetch_consensus(authority["dir_port"])
+            if text is None or name in parse_consensus(text)["routers"]:
+                return False
+        return True
+
     def _live_pids(self, state: dict | None) -> list[int]:
         pids = set(process.tor_pids_under(self.directory / "nodes"))
         for node in (state or {}).get("nodes", []):
@@ -380,7 +431,7 @@ class PrivateTorNetwork:
         if not state or state.get("status") != "ready" or state.get("relays") != self.relays:
             return False
         if not all(process.is_tor_with(n["pid"], Path(n["torrc"])) for n in state["nodes"]):
-            return False
+            return False  # a killed relay too: ``up`` starts the whole network again
         return consensus_served(state)
 
     def _clean(self) -> bool:
@@ -415,8 +466,8 @@ class PrivateTorNetwork:
         for n in state["nodes"]:
             alive = bool(n.get("pid")) and process.is_tor_with(n["pid"], Path(n["torrc"]))
             nodes.append({k: n.get(k) for k in ("name", "role", "pid", "or_port", "dir_port", "control_port",
-                                                 "fingerprint")} | {"alive": alive})
-        all_alive = all(n["alive"] for n in nodes)
+                                                 "fingerprint")} | {"alive": alive, "removed": bool(n.get("removed"))})
+        all_alive = all(n["alive"] or n["removed"] for n in nodes)
         result.update(
             status=state["status"] if all_alive else "stale",
             started_at=state["started_at"],
