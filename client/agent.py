@@ -345,32 +345,35 @@ class Agent:
             f"FROM outbox o JOIN contacts c ON c.id = o.contact_id WHERE c.profile_id = ? AND {where} ORDER BY o.id",
             (self.profile.id, *params),
         )
-        blocked: set[int] = set()
-        for outbox_id, cid, message_id, fixed_queue, body, state, outbound, alias in rows:
-            if cid in blocked:
-                continue
+        by_contact: dict[int, list[tuple]] = {}
+        for row in rows:
+            by_contact.setdefault(row[1], []).append(row)
+        # Contacts at once (each in its own order): one unreachable relay delays no other contact.
+        await asyncio.gather(*(self._flush_contact(contact_rows) for contact_rows in by_contact.values()))
+        return self.db.fetch_one(
+            "SELECT count(*) FROM outbox o JOIN contacts c ON c.id = o.contact_id WHERE c.profile_id = ?", (self.profile.id,)
+        )[0]
+
+    async def _flush_contact(self, rows: list[tuple]) -> None:
+        """Send one contact's outbox rows in order; stop at the first failure."""
+        for outbox_id, _, message_id, fixed_queue, body, state, outbound, alias in rows:
             if fixed_queue is None and state != "connected":
-                blocked.add(cid)  # chat waits until the contact has secured its queue
-                continue
+                return  # chat waits until the contact has secured its queue
             queue = OutboundQueue.from_bytes(fixed_queue or outbound)
             try:
                 await self.network.send(queue, body)
             except (RelayError, LinkClosed, NoRelayError, OSError, asyncio.TimeoutError) as exc:
-                blocked.add(cid)
                 with self.db.transaction():
                     self.db.execute(
                         "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?", (str(exc)[:200], outbox_id)
                     )
                 if isinstance(exc, RelayError) and not exc.retry_later:
                     self._event("warning", alias, f"the relay refused a message to {alias}: {exc}")
-                continue
+                return
             with self.db.transaction():
                 self.db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
                 if message_id is not None:
                     self.db.execute("UPDATE messages SET state = 'sent' WHERE id = ? AND state = 'pending'", (message_id,))
-        return self.db.fetch_one(
-            "SELECT count(*) FROM outbox o JOIN contacts c ON c.id = o.contact_id WHERE c.profile_id = ?", (self.profile.id,)
-        )[0]
 
     # --- receiving -----------------------------------------------------------------
 
@@ -399,6 +402,7 @@ class Agent:
                 self.network.unsubscribe(delivery.queue)
                 self._owners.pop(delivery.queue.rid, None)
             await self._subscribe_all()  # handling may have created or replaced queues
+            await self.network.resubscribe()  # busy queues must not starve the reconnects of others
             deadline = loop.time() + wait
         await self.flush()
         return self.events[start:]
@@ -415,15 +419,17 @@ class Agent:
             for blob in row[1:]:
                 if blob is not None:
                     queues.append((InboundQueue.from_bytes(blob), "contact", row[0]))
-        for queue, kind, row_id in queues:
-            if queue.rid in self._owners:
-                continue
-            try:
-                await self.network.subscribe(queue)
-            except (LinkClosed, RelayError, OSError) as exc:
-                self._event("warning", None, f"cannot reach relay {parse_node_address(queue.relay).host}: {exc}")
-                continue
+        new = [(queue, kind, row_id) for queue, kind, row_id in queues if queue.rid not in self._owners]
+        for queue, kind, row_id in new:
             self._owners[queue.rid] = (kind, row_id)
+        # All at once: one unreachable relay must not delay the queues on the others.
+        results = await asyncio.gather(*(self.network.subscribe(queue) for queue, _, _ in new), return_exceptions=True)
+        for (queue, _, _), result in zip(new, results):
+            if isinstance(result, (LinkClosed, RelayError, OSError, asyncio.TimeoutError)):
+                # Still subscribed locally: ``network.resubscribe`` keeps trying, with backoff.
+                self._event("warning", None, f"cannot reach relay {parse_node_address(queue.relay).host}: {result}")
+            elif isinstance(result, BaseException):
+                raise result
 
     async def _handle(self, delivery: Delivery) -> None:
         owner = self._owners.get(delivery.queue.rid)

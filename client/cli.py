@@ -128,7 +128,7 @@ _NETWORK_PARAMETERS = [
     ),
     inspect.Parameter(
         "tor_control", inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[Optional[int], typer.Option("--tor-control", help="That tor's control port (cookie auth), to show circuits.")],
+        annotation=Annotated[Optional[int], typer.Option("--tor-control", help="That tor's control port (cookie auth): circuits shown, fresh circuits asked for when a relay is unreachable.")],
     ),
     inspect.Parameter(
         "isolation", inspect.Parameter.KEYWORD_ONLY, default=None,

@@ -38,6 +38,10 @@ from transport import Connector, DirectConnector, LinkClosed, RelayError, RelayL
 from .queues import InboundQueue, OutboundQueue
 
 
+MAX_BACKOFF = 20.0
+"""Most seconds between two attempts to reach a relay whose queues could not be subscribed."""
+
+
 @dataclass(frozen=True)
 class TrustedRelay:
     address: str
@@ -80,6 +84,7 @@ class Network:
         self._rng = rng
         self._timeout = timeout
         self._links: dict[str, RelayLink] = {}
+        self._opening: dict[str, asyncio.Future[RelayLink]] = {}
         self._subscriptions: dict[bytes, InboundQueue] = {}
         self.deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
         """Messages pushed to subscribed queues, in arrival order. Each must be ACKed."""
@@ -100,19 +105,37 @@ class Network:
         link = self._links.get(key)
         if link is not None and link.is_open:
             return link
-        address = parse_node_address(relay)
+        opening = self._opening.get(key)
+        if opening is None:  # one connection attempt per link, however many commands wait for it
+            opening = self._opening[key] = asyncio.ensure_future(self._open_link(relay, tag, key))
+            opening.add_done_callback(lambda done: self._opened(key, done))
+        return await asyncio.shield(opening)
+
+    def _opened(self, key: str, done: asyncio.Future) -> None:
+        if self._opening.get(key) is done:
+            del self._opening[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here too, in case every waiter was cancelled
+
+    async def _open_link(self, relay: str, tag: str, key: str) -> RelayLink:
         link = await RelayLink.connect(
-            address, connector=self._connector, isolation=tag, on_push=self._on_push, timeout=self._timeout
+            parse_node_address(relay), connector=self._connector, isolation=tag, on_push=self._on_push, timeout=self._timeout
         )
-        self._links[key] = link
         # A replaced link starts with no subscription: renew those of the queues it carries,
         # whatever command made us reopen it (an ACK, a GET...), or their pushes would stop.
-        for queue in list(self._subscriptions.values()):
-            if queue.relay == relay and self.tag_of(queue) == tag:
-                await link.request(Subscribe(), queue.rid, queue.recipient_secret)
+        try:
+            for queue in list(self._subscriptions.values()):
+                if queue.relay == relay and self.tag_of(queue) == tag:
+                    await link.request(Subscribe(), queue.rid, queue.recipient_secret, timeout=self._timeout)
+        except BaseException:
+            await link.close()  # so that ``resubscribe`` tries again
+            raise
+        self._links[key] = link
         return link
 
     async def close(self) -> None:
+        for opening in list(self._opening.values()):
+            opening.cancel()
         links, self._links = list(self._links.values()), {}
         await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
 
@@ -149,37 +172,49 @@ class Network:
         return self._open(queue, response)
 
     async def subscribe(self, queue: InboundQueue) -> None:
-        """SUB: deliveries (one at a time per queue, the next after each ACK) go to ``deliveries``."""
+        """SUB: deliveries (one at a time per queue, the next after each ACK) go to ``deliveries``.
+
+        The queue stays subscribed here even if its relay cannot be reached now:
+        ``resubscribe`` tries again later.
+        """
         self._subscriptions[queue.rid] = queue
-        link = self._links.get(f"{self.tag_of(queue)}@{queue.relay}")
-        if link is not None and link.is_open:
-            await link.request(Subscribe(), queue.rid, queue.recipient_secret)
-        else:
-            await self._link(queue.relay, self.tag_of(queue))  # a new link subscribes the queues it carries
+        now = asyncio.get_running_loop().time()
+        try:
+            link = self._links.get(f"{self.tag_of(queue)}@{queue.relay}")
+            if link is not None and link.is_open:
+                await link.request(Subscribe(), queue.rid, queue.recipient_secret)
+            else:
+                await self._link(queue.relay, self.tag_of(queue))  # a new link subscribes the queues it carries
+        except (LinkClosed, RelayError, OSError, asyncio.TimeoutError):
+            # Back off per relay: 0.5 s, 1 s, 2 s ... up to 20 s between rounds of attempts
+            # (one step per round, however many of its queues failed in it).
+            next_try, delay = self._retry_at.get(queue.relay, (0.0, 0.5))
+            if now >= next_try:
+                self._retry_at[queue.relay] = (now + delay, min(delay * 2, MAX_BACKOFF))
+            raise
+        self._retry_at.pop(queue.relay, None)
 
     async def resubscribe(self) -> list[Exception]:
         """Re-SUB every subscribed queue whose link has closed (relay restarted, circuit died).
 
-        Returns the errors of queues that could not be resubscribed (tried again next call).
+        All links are reopened at once, so one unreachable relay delays no other. Returns the
+        errors of queues that could not be resubscribed (tried again in a later call, once
+        their relay's backoff has passed).
         """
-        errors = []
-        for queue in list(self._subscriptions.values()):
-            link = self._links.get(f"{self.tag_of(queue)}@{queue.relay}")
-            if link is not None and link.is_open:
-                continue
-            now = asyncio.get_running_loop().time()
-            next_try, delay = self._retry_at.get(queue.relay, (0.0, 0.5))
-            if now < next_try:
-                continue
-            try:
-                await self.subscribe(queue)
-            except (LinkClosed, RelayError, OSError) as exc:
-                # Back off per relay: 0.5 s, 1 s, 2 s ... up to 30 s between attempts.
-                self._retry_at[queue.relay] = (now + delay, min(delay * 2, 30.0))
-                errors.append(exc)
-            else:
-                self._retry_at.pop(queue.relay, None)
-        return errors
+        now = asyncio.get_running_loop().time()
+        due: dict[str, InboundQueue] = {}  # one queue per link: a new link subscribes all it carries
+        for queue in self._subscriptions.values():
+            key = f"{self.tag_of(queue)}@{queue.relay}"
+            link = self._links.get(key)
+            if (link is None or not link.is_open) and now >= self._retry_at.get(queue.relay, (0.0, 0.5))[0]:
+                due.setdefault(key, queue)
+        results = await asyncio.gather(*(self.subscribe(queue) for queue in due.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, (LinkClosed, RelayError, OSError, asyncio.TimeoutError)
+            ):
+                raise result
+        return [result for result in results if isinstance(result, BaseException)]
 
     def unsubscribe(self, queue: InboundQueue) -> None:
         self._subscriptions.pop(queue.rid, None)

@@ -61,7 +61,8 @@ class ClientTor:
     async def start(self, progress=print_progress) -> TorConnector:
         if self.settings.socks is not None:
             host, port = self.settings.socks
-            self.connector = TorConnector(host, port)
+            refresh = self.refresh_circuits if self.control_port is not None else None
+            self.connector = TorConnector(host, port, on_unreachable=refresh)
             return self.connector
         try:
             self.process = await asyncio.to_thread(
@@ -70,8 +71,16 @@ class ClientTor:
         except TorError as exc:
             raise RuntimeError(f"could not start tor: {exc}") from None
         self.control_port, self._cookie = self.process.control_port, self.process.control_cookie_path
-        self.connector = TorConnector("127.0.0.1", self.process.socks_port)
+        self.connector = TorConnector("127.0.0.1", self.process.socks_port, on_unreachable=self.refresh_circuits)
         return self.connector
+
+    async def refresh_circuits(self) -> None:
+        """NEWNYM: new circuits for new streams, and forget which onion introduction points failed.
+
+        Called when an onion relay cannot be reached. Established queue links keep their circuits.
+        """
+        async with await TorControl.connect(self.control_port, cookie_path=self._cookie) as control:
+            await control.new_identity()
 
     async def circuits_by_username(self) -> dict[str, list[str]]:
         """SOCKS username -> path (relay nicknames or fingerprints) of its built circuits."""
