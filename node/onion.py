@@ -59,6 +59,11 @@ MAX_RESTARTS_IN_WINDOW = 5
 RECONNECT_WINDOW = 60.0
 """Seconds an attached (external) tor may stay unreachable before the node gives up."""
 RECONNECT_INTERVAL = 3.0
+SELF_CHECK_EVERY = {"testnet": 60, "real": 1200}
+"""Watch ticks between checks that the network can find the service's descriptor: 30 s on the
+private network, 10 min on the real one (each check asks every responsible HSDir)."""
+SELF_CHECK_FAILURES = 2
+"""Failed checks in a row after which the service is published again."""
 ABORT_TIMEOUT = 20.0
 
 
@@ -174,6 +179,7 @@ class NodeTor:
         self.timings: dict[str, float] = {}
         self._aborting = False
         self._restarts: list[float] = []
+        self._unfindable = 0  # failed descriptor checks in a row
 
     @property
     def state(self) -> str:
@@ -330,6 +336,11 @@ class NodeTor:
 
     # ---- keeping it up ----------------------------------------------------------------------
 
+    async def refresh_circuits(self) -> None:
+        """NEWNYM, when forwarding cannot reach a destination onion (``transport.tor`` says why)."""
+        if self.control is not None:
+            await self.control.new_identity()
+
     async def watch(self) -> None:
         """Watch tor until the node stops; recover from a dead tor or a lost control connection.
 
@@ -341,6 +352,11 @@ class NodeTor:
             ticks += 1
             problem = await self._problem(check_control=ticks % CONTROL_CHECK_EVERY == 0)
             if problem is None:
+                if ticks % SELF_CHECK_EVERY["testnet" if self._testnet is not None else "real"] == 0:
+                    try:
+                        await self._check_findable()
+                    except _Stopped:
+                        return
                 continue
             try:
                 if self.options.external:
@@ -349,6 +365,38 @@ class NodeTor:
                     await self._restart(problem)
             except _Stopped:
                 return
+
+    async def _check_findable(self) -> None:
+        """Publish the service again if clients cannot find its descriptor.
+
+        Tor caps how many introduction circuits a service may launch (about 28
+        per 300 s). When many fail (a relay died, or a young network's
+        consensus changes under it) tor stops trying for up to 5 minutes, the
+        descriptor of the next time period is never uploaded, and clients get
+        "not found" from every HSDir meanwhile. A fresh service starts over.
+        """
+        if not self.published or self.control is None:
+            return
+        try:
+            findable = await self.control.descriptor_findable(self.onion)
+        except TorError as exc:
+            log.info("could not check the onion service's descriptor: %s", _one_line(exc))
+            return
+        self._unfindable = 0 if findable else self._unfindable + 1
+        if self._unfindable < SELF_CHECK_FAILURES:
+            return
+        log.warning("clients cannot find onion service %s in the Tor network (%d checks in a row); publishing it again",
+                    self.onion, self._unfindable)
+        self._unfindable = 0
+        try:
+            await self.control.remove_onion(self.onion)
+        except TorError as exc:
+            log.info("removing the onion service before publishing it again: %s", _one_line(exc))
+        self.published = False
+        try:
+            await self.publish()
+        except NodeTorError as exc:
+            log.error("%s; trying again at the next check", exc)
 
     async def _problem(self, check_control: bool) -> str | None:
         if self.process is not None and not self.process.alive():

@@ -152,6 +152,41 @@ class TorControl:
         with self._lock:
             return [Stream(s.id, str(s.status), s.circ_id, s.target, self._sources.get(s.id)) for s in streams]
 
+    async def descriptor_findable(self, address: str, timeout: float = 30.0) -> bool:
+        """Ask the network for an onion's descriptor (HSFETCH), as a client would.
+
+        Returns True as soon as one responsible HSDir hands it over; False if
+        every HSDir asked failed (e.g. 404: the service's tor did not upload it)
+        or none answered within ``timeout`` seconds. The local cache is not used.
+        """
+        service_id = onion_keys.service_id(address)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def on_event(event) -> None:
+            if event.address == service_id:
+                loop.call_soon_threadsafe(events.put_nowait, str(event.action))
+
+        await _run(self._controller.add_event_listener, on_event, EventType.HS_DESC)
+        try:
+            await _run(self._controller.msg, f"HSFETCH {service_id}")
+            requested = failed = 0
+            deadline = loop.time() + timeout
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    action = await asyncio.wait_for(events.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if action == "RECEIVED":
+                    return True
+                requested += action == "REQUESTED"
+                failed += action == "FAILED"
+                if requested and failed >= requested:
+                    return False
+            return False
+        finally:
+            await _run(self._controller.remove_event_listener, on_event)
+
     async def new_identity(self) -> None:
         """Send NEWNYM: new circuits for new streams, and clear cached onion lookups."""
         await _run(self._controller.signal, Signal.NEWNYM)

@@ -1,8 +1,15 @@
 """Render the torrc templates in ``torconfig/templates`` (string.Template)."""
 
+import os
 from collections.abc import Iterable, Mapping
 from importlib import resources
+from pathlib import Path
 from string import Template
+
+DETAIL_LOG_ENV = "ONIONPOST_TOR_LOG"
+"""Set to ``info`` or ``debug``: every tor onionpost starts also logs at that level to
+``<DataDirectory>/<level>.log`` (for studying Tor's behaviour; these logs grow fast)."""
+DETAIL_LOG_LEVELS = ("info", "debug")
 
 # Roles that join the private network: base + testnet join settings + role.
 TESTNET_ROLES = ("authority", "relay", "client", "onion_host")
@@ -56,6 +63,9 @@ def render_torrc(role: str, values: Mapping[str, object], join: str | None = Non
     if (role in TESTNET_ROLES) != (join is not None):
         raise ValueError(f"role {role!r} {'needs' if join is None else 'takes no'} join settings")
     parts = [_substitute("base", values)]
+    level = os.environ.get(DETAIL_LOG_ENV, "").strip().lower()
+    if level in DETAIL_LOG_LEVELS:
+        parts.append(f"Log {level} file " + _check("data_dir", Path(str(values["data_dir"])) / f"{level}.log"))
     if join is not None:
         parts.append(join)
     parts.append(_substitute(role, values))

@@ -35,3 +35,15 @@ async def test_persistent_key_keeps_its_address(client_tor, host_control, web_po
         body = await fetch(session, f"http://{second}/again")
     assert body == "hello again"
     await host_control.remove_onion(second)
+
+
+@pytest.mark.timeout(120)
+async def test_descriptor_findable_tells_published_from_unknown_onions(client_control, host_control, web_port):
+    address = await host_control.publish_onion(os.urandom(32), {80: web_port})
+    try:
+        assert await client_control.descriptor_findable(address) is True
+        # Every HSDir answers "not found" for an onion nobody published.
+        unknown = onion_keys.onion_address_of_key(os.urandom(32))
+        assert await client_control.descriptor_findable(unknown, timeout=60) is False
+    finally:
+        await host_control.remove_onion(address)

@@ -107,3 +107,13 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_start_tor_needs_a_running_network(tmp_path):
     with pytest.raises(TorError, match="no private Tor network"):
         start_tor(tmp_path / "client", testnet_dir=tmp_path / "nothing")
+
+
+def test_detail_log_is_added_only_when_asked(monkeypatch):
+    join = torrc.render_join([DIR_AUTH], "/tmp/geoip")
+    monkeypatch.delenv(torrc.DETAIL_LOG_ENV, raising=False)
+    assert "info.log" not in torrc.render_torrc("client", VALUES, join)
+    monkeypatch.setenv(torrc.DETAIL_LOG_ENV, "info")
+    assert "Log info file /tmp/x/info.log" in torrc.render_torrc("client", VALUES, join).splitlines()
+    monkeypatch.setenv(torrc.DETAIL_LOG_ENV, "everything")
+    assert "info.log" not in torrc.render_torrc("client", VALUES, join)
