@@ -34,14 +34,32 @@ class Skipped(Exception):
 # --- /proc accounting ------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a whole process (all its threads), in seconds."""
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a whole process (all its threads), in seconds.
+
+    ``pid`` may also be ``"PID/task/TID"``: one thread.
+    """
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read()
     # The command name is in parentheses and may contain spaces: split after the last ')'.
     fields = data[data.rindex(b")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / CLK_TCK
+
+
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the main thread, CPU seconds of all other threads) of a process."""
+    main = others = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            seconds = cpu_seconds(f"{pid}/task/{tid}")
+        except FileNotFoundError:  # a thread that just ended
+            continue
+        if tid == str(pid):
+            main = seconds
+        else:
+            others += seconds
+    return main, others
 
 
 def rss_bytes(pid: int) -> int:

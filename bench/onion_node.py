@@ -1,11 +1,15 @@
 """A node that forwards over Tor, for the Tor workload (``python -m bench.onion_node``).
 
-Until ``onionpost node run`` has an onion mode, this runs the node's own
-aiohttp application (``node.server.make_app``) from a data directory made by
-``onionpost node init``, with a ``transport.tor.TorConnector`` as its
-forwarding connector (so FWD to ``.onion`` nodes goes through the client
-tor's SOCKS port). It listens on 127.0.0.1 only; the benchmark publishes it
-as an onion service pointing at that port.
+It runs the node's own aiohttp application (``node.server.make_app``) from a
+data directory made by ``onionpost node init``, with a
+``transport.tor.TorConnector`` as its forwarding connector (so FWD to
+``.onion`` nodes goes through the client tor's SOCKS port). It listens on
+127.0.0.1 only; the benchmark publishes it as an onion service pointing at
+that port. ``onionpost node run`` has an onion mode of its own
+(``node/onion.py``: it launches or attaches to a tor and publishes the
+service itself); the benchmark does not use it so that it controls every
+onion service of the private network the same way, the bare HTTP server's
+included.
 """
 
 import argparse

@@ -31,6 +31,7 @@ from .common import (
     ratio,
     rss_bytes,
     stop_pid,
+    thread_cpu_seconds,
 )
 
 WINDOW = 8
@@ -70,9 +71,11 @@ def run_load(mode: str, address: str, server_pid: int, pairs: int, seconds: floa
             proc.stdin.flush()
         time.sleep(max(0.0, t0 - time.monotonic()))
         cpu0 = cpu_seconds(server_pid)
+        threads0 = thread_cpu_seconds(server_pid)
         client_cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         time.sleep(max(0.0, t1 - time.monotonic()))
         cpu1 = cpu_seconds(server_pid)
+        threads1 = thread_cpu_seconds(server_pid)
         client_cpu1 = sum(cpu_seconds(p.pid) for p in procs)
         rss_after = rss_bytes(server_pid)
         results = []
@@ -104,6 +107,8 @@ def run_load(mode: str, address: str, server_pid: int, pairs: int, seconds: floa
         "p99_ms": 1000 * percentile(latencies, 99),
         "server_cpu_us_per_msg": 1e6 * (cpu1 - cpu0) / delivered,
         "server_cpu_share": (cpu1 - cpu0) / seconds,
+        "server_main_thread_us_per_msg": 1e6 * (threads1[0] - threads0[0]) / delivered,
+        "server_other_threads_us_per_msg": 1e6 * (threads1[1] - threads0[1]) / delivered,
         "client_cpu_us_per_msg": 1e6 * (client_cpu1 - client_cpu0) / delivered,
         "server_rss_mib": rss_after / 2**20,
         "server_rss_before_mib": rss_before / 2**20,
@@ -141,7 +146,8 @@ def run(quick: bool, workdir: Path) -> Result:
                 Row("relay", f"K={k}: server CPU per delivered msg", ours["server_cpu_us_per_msg"], base["server_cpu_us_per_msg"],
                     "raw aiohttp relay", "µs", ratio(ours["server_cpu_us_per_msg"], base["server_cpu_us_per_msg"]), "≤ 2× raw",
                     ratio(ours["server_cpu_us_per_msg"], base["server_cpu_us_per_msg"]) <= 2.0,
-                    f"node busy {100 * ours['server_cpu_share']:.0f}% of a core; node-CPU-bound ceiling ≈ {1e6 / ours['server_cpu_us_per_msg']:,.0f} msg/s per core"),
+                    f"node busy {100 * ours['server_cpu_share']:.0f}% of a core (event loop {ours['server_main_thread_us_per_msg']:.0f} µs/msg, "
+                    f"store thread {ours['server_other_threads_us_per_msg']:.0f} µs/msg); node-CPU-bound ceiling ≈ {1e6 / ours['server_cpu_us_per_msg']:,.0f} msg/s per core"),
                 Row("relay", f"K={k}: send→deliver p50", ours["p50_ms"], base["p50_ms"], "raw aiohttp relay", "ms",
                     ratio(ours["p50_ms"], base["p50_ms"]), note=f"window {WINDOW} undelivered msgs per pair"),
                 Row("relay", f"K={k}: send→deliver p99", ours["p99_ms"], base["p99_ms"], "raw aiohttp relay", "ms",

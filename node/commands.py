@@ -92,6 +92,13 @@ class Dispatcher:
             log.error("%s failed: %s", t.command.NAME, type(exc).__name__)
             slot.answer(internal_error())
 
+    def store_full(self) -> bool:
+        """True while sessions should stop reading commands (see ``Committer.room``)."""
+        return self.committer.full
+
+    async def store_room(self) -> None:
+        await self.committer.room()
+
     def session_closed(self, conn) -> None:
         self.subscriptions.drop_session(conn)
 

@@ -5,6 +5,10 @@ relay.md "Transport" and "Blocks": every message is one binary block of
 commands. Each command reserves a ``Slot`` in the output queue when it is
 read; the writer seals and sends slots from the head as they are answered,
 batching several answers per block. Pushes go after everything reserved.
+
+An idle session costs little memory: the writer task exists only while
+answers are ready to send, and neither loop keeps a reference to the last
+block it handled.
 """
 
 import asyncio
@@ -58,22 +62,31 @@ class Slot:
             response = Error(response.code, response.detail[:MAX_DETAIL])
         self.items = [(self.corr, self.queue, response)]
         self.items.extend((None, queue, push) for queue, push in pushes)
-        self._connection._wakeup.set()
+        self._connection._wake()
 
 
 class _Raw:
     """Plaintext handshake bytes (node hello, welcome)."""
+
+    __slots__ = ("data",)
 
     def __init__(self, data: bytes):
         self.data = data
 
 
 class _Fatal:
+    __slots__ = ("code", "detail")
+
     def __init__(self, code: ErrorCode, detail: str):
         self.code, self.detail = code, detail
 
 
 class Connection:
+    __slots__ = (
+        "_ws", "session", "_dispatcher", "_throttle", "max_pending", "_out", "_writer", "_room", "_final_sent",
+        "_tasks", "closed",
+    )
+
     def __init__(self, ws: web.WebSocketResponse, session: NodeSession, dispatcher, throttle: TokenBucket, *, max_pending: int = 4096):
         self._ws = ws
         self.session = session
@@ -81,10 +94,13 @@ class Connection:
         self._throttle = throttle
         self.max_pending = max_pending
         self._out: deque = deque()
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
-        self._ending = False
+        self._writer: asyncio.Task | None = None
+        """Sends what is ready at the head of ``_out``; exists only while there is something to send."""
+        self._room: asyncio.Future | None = None
+        """Set while the reader waits for ``_out`` to shrink below ``max_pending``."""
+        self._final_sent: asyncio.Future | None = None
+        """Set once a fatal ERR is queued; done when it was sent (or sending failed)."""
+        self._tasks: set[asyncio.Task] | None = None
         self.closed = False
 
     # --- used by the dispatcher -----------------------------------------------------
@@ -100,51 +116,66 @@ class Connection:
     def spawn(self, coroutine: Coroutine) -> None:
         """Run a command that waits on the network (FWD); cancelled when the session ends."""
         task = asyncio.get_running_loop().create_task(coroutine)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """End the session from the node's side (shutdown)."""
         self.closed = True
+        self._make_room()
         await self._ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
 
     # --- reading ----------------------------------------------------------------------
 
     async def serve(self) -> None:
-        writer = asyncio.get_running_loop().create_task(self._write_loop())
         try:
             self._queue_raw(self.session.data_to_send())
             await self._read_loop()
-            if self._ending:  # let the writer send the answers so far and the fatal ERR
-                await asyncio.wait_for(asyncio.shield(writer), FATAL_FLUSH_TIMEOUT)
+            if self._final_sent is not None:  # let the writer send the answers so far and the fatal ERR
+                await asyncio.wait_for(asyncio.shield(self._final_sent), FATAL_FLUSH_TIMEOUT)
         except (asyncio.TimeoutError, ConnectionError):
             pass
         finally:
             self.closed = True
             self._dispatcher.session_closed(self)
-            for task in list(self._tasks):
+            for task in list(self._tasks or ()):
                 task.cancel()
+            await self._stop_writer()
+            await self._ws.close()
+
+    async def _stop_writer(self) -> None:
+        writer = self._writer
+        if writer is not None:
             writer.cancel()
             try:
                 await writer
             except (asyncio.CancelledError, Exception):
                 pass
-            await self._ws.close()
 
     async def _read_loop(self) -> None:
-        while not self.closed:
+        while not self.closed and self._final_sent is None:
             if len(self._out) >= self.max_pending:
-                self._room.clear()
-                await self._room.wait()
+                self._room = asyncio.get_running_loop().create_future()
+                await self._room
                 continue
-            msg = await self._ws.receive()
-            if msg.type in CLOSED_TYPES:
+            if self._dispatcher.store_full():
+                await self._dispatcher.store_room()
+                continue
+            if not await self._read_one():
                 return
-            if msg.type != aiohttp.WSMsgType.BINARY or len(msg.data) != BLOCK_SIZE:
-                self._fatal(ErrorCode.BLOCK, f"every message must be one binary block of {BLOCK_SIZE} bytes")
-                return
-            if not self._receive_block(msg.data):
-                return
+
+    async def _read_one(self) -> bool:
+        """Read and handle one block; False when the session ends. (A function of its own, so the
+        block is not kept alive by a local while the next one is awaited.)"""
+        msg = await self._ws.receive()
+        if msg.type in CLOSED_TYPES:
+            return False
+        if msg.type != aiohttp.WSMsgType.BINARY or len(msg.data) != BLOCK_SIZE:
+            self._fatal(ErrorCode.BLOCK, f"every message must be one binary block of {BLOCK_SIZE} bytes")
+            return False
+        return self._receive_block(msg.data)
 
     def _receive_block(self, data: bytes) -> bool:
         try:
@@ -178,40 +209,71 @@ class Connection:
     def _queue_raw(self, data: bytes) -> None:
         if data:
             self._out.append(_Raw(data))
-            self._wakeup.set()
+            self._wake()
 
     def _fatal(self, code: ErrorCode, detail: str) -> None:
         """relay.md "Error codes": a fatal ERR is pushed after the answers so far, then the session closes."""
         log.info("closing a session: %s", code.value)
-        self._ending = True
+        self._final_sent = asyncio.get_running_loop().create_future()
         self._out.append(_Fatal(code, detail))
-        self._wakeup.set()
+        self._wake()
 
     # --- writing -------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
+    def _wake(self) -> None:
+        """Something was answered: make sure a writer runs."""
+        if self._writer is None and not self.closed:
+            self._writer = asyncio.get_running_loop().create_task(self._write_ready())
+
+    async def _write_ready(self) -> None:
+        """Send the answered head of the output until nothing is ready, then end."""
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                data, final = self._take_ready()
-                if len(self._out) < self.max_pending:
-                    self._room.set()
-                for start in range(0, len(data), BLOCK_SIZE):
-                    await self._ws.send_bytes(data[start : start + BLOCK_SIZE])
-                if final:
+            while not self.closed:
+                sent = await self._send_ready()
+                if sent is None:
+                    return
+                if sent:
                     break
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a dead socket, or an answer that cannot be encoded: end the session
             log.warning("session output failed: %s", type(exc).__name__)
         finally:
-            self.closed = True
-            self._room.set()
+            self._writer = None
+        self._end_output()
         await self._ws.close()
 
-    def _take_ready(self) -> tuple[bytes, bool]:
-        """Seal everything answered at the head of the output, in order; True if the session ends."""
+    async def _send_ready(self) -> bool | None:
+        """Send what is ready; None if nothing was, True if it was the session's last output."""
+        chunks, final = self._take_ready()
+        self._make_room()
+        if not chunks:
+            return None
+        for chunk in chunks:
+            if len(chunk) == BLOCK_SIZE:
+                await self._ws.send_bytes(chunk)
+            else:
+                view = memoryview(chunk)
+                for start in range(0, len(chunk), BLOCK_SIZE):
+                    await self._ws.send_bytes(view[start : start + BLOCK_SIZE])
+        return final
+
+    def _make_room(self) -> None:
+        if self._room is not None and (len(self._out) < self.max_pending or self.closed):
+            if not self._room.done():
+                self._room.set_result(None)
+            self._room = None
+
+    def _end_output(self) -> None:
+        """No more output: the fatal ERR was sent or the socket failed."""
+        self.closed = True
+        self._make_room()
+        if self._final_sent is not None and not self._final_sent.done():
+            self._final_sent.set_result(None)
+
+    def _take_ready(self) -> tuple[list[bytes], bool]:
+        """Seal everything answered at the head of the output, in order, into chunks of whole
+        blocks; True if the session ends."""
         chunks: list[bytes] = []
         replies: list = []
         final = False
@@ -235,4 +297,4 @@ class Connection:
             self._out.popleft()
         if replies:
             chunks.append(self.session.send(replies))
-        return b"".join(chunks), final
+        return chunks, final

@@ -129,11 +129,8 @@ class Mailbox:
 
     def ack(self, t: Transmission) -> Acked:
         queue = self._recipient_queue(t)
-        oldest = self.store.oldest_message(queue.rid, self._since())
-        if oldest is None or not hmac.compare_digest(oldest.mid, t.command.mid):
-            return Acked(False, _message(oldest))
-        self.store.delete_message(oldest.seq)
-        return Acked(True, self._oldest(queue.rid))
+        deleted = self.store.delete_oldest(queue.rid, self._since(), t.command.mid)
+        return Acked(deleted, self._oldest(queue.rid))
 
     def suspend(self, t: Transmission) -> Ok:
         queue = self._recipient_queue(t)

@@ -102,21 +102,27 @@ class Node:
 
     async def sweep(self) -> int:
         """Delete expired messages and envelope keys now; return how many messages went."""
-        removed = await self.committer.call(self.mailbox.sweep)
+        removed = await self._expire()
         self._sweeps += 1
         if self._sweeps % CHECKPOINT_EVERY == 0:
             try:
                 await self.committer.run_alone(self.mailbox.store.checkpoint)
             except Exception as exc:  # a busy reader (e.g. `node status`) only delays the truncation
                 log.warning("WAL checkpoint failed: %s", type(exc).__name__)
+        return removed
+
+    async def _expire(self) -> int:
+        removed = await self.committer.call(self.mailbox.sweep)
         return removed if isinstance(removed, int) else 0
 
     async def _sweep_loop(self) -> None:
+        # At start too: messages may have expired while the node was down.
+        removed = await self._expire()
         while True:
-            await asyncio.sleep(self.config.sweep_interval)
-            removed = await self.sweep()
             if removed:
                 log.info("expired %d message(s)", removed)
+            await asyncio.sleep(self.config.sweep_interval)
+            removed = await self.sweep()
 
     async def _status_loop(self) -> None:
         while True:
@@ -237,7 +243,7 @@ async def run(
             tor = NodeTor(data_dir, seed, config.onion.virtual_port, (config.host, config.port),
                           tor_options or TorOptions(), stop, progress)
             await tor.start()
-            connector = TorConnector(socks_port=tor.socks_port)
+            connector = TorConnector(socks_port=tor.socks_port, on_unreachable=tor.refresh_circuits)
             tor.on_socks_port = lambda port: setattr(connector, "socks_port", port)
         store = SQLiteQueueStore(data_dir.db_path)
         app = make_app(config, identity, store, connector=connector, status_path=data_dir.status_path)

@@ -72,6 +72,7 @@ class QueueStore(Protocol):
 
     def transaction(self) -> Iterator[None]: ...
     def savepoint(self) -> Iterator[None]: ...
+    def changes(self) -> int: ...
     def add_queue(self, queue: QueueRecord) -> None: ...
     def queue_by_rid(self, rid: bytes) -> QueueRecord | None: ...
     def queue_by_sender(self, snd: bytes) -> QueueRecord | None: ...
@@ -81,8 +82,8 @@ class QueueStore(Protocol):
     def delete_queue(self, rid: bytes) -> None: ...
     def add_message(self, rid: bytes, mid: bytes, ts: int, box: bytes) -> None: ...
     def oldest_message(self, rid: bytes, since: int) -> StoredMessage | None: ...
+    def delete_oldest(self, rid: bytes, since: int, mid: bytes) -> bool: ...
     def count_messages(self, rid: bytes, since: int, limit: int) -> int: ...
-    def delete_message(self, seq: int) -> None: ...
     def remember_envelope(self, epk: bytes, expires: int) -> bool: ...
     def expire(self, messages_before: int, now: int) -> int: ...
     def counts(self) -> tuple[int, int]: ...
@@ -141,6 +142,10 @@ class SQLiteQueueStore:
             raise
         self._db.execute("RELEASE op")
 
+    def changes(self) -> int:
+        """Rows inserted, updated or deleted on this connection so far (grows with every write)."""
+        return self._db.total_changes
+
     # --- queues ------------------------------------------------------------------
 
     def add_queue(self, queue: QueueRecord) -> None:
@@ -187,14 +192,23 @@ class SQLiteQueueStore:
         ).fetchone()
         return None if row is None else StoredMessage(*row)
 
+    def delete_oldest(self, rid: bytes, since: int, mid: bytes) -> bool:
+        """Delete the queue's oldest live message if its id is ``mid``; False if it is not, or there is none.
+
+        One statement, and the box (15 KB of overflow pages) is not read.
+        """
+        cursor = self._db.execute(
+            "DELETE FROM messages WHERE seq = "
+            "(SELECT seq FROM messages WHERE rid = ? AND ts >= ? ORDER BY seq LIMIT 1) AND mid = ?",
+            (rid, since, mid),
+        )
+        return cursor.rowcount == 1
+
     def count_messages(self, rid: bytes, since: int, limit: int) -> int:
         """Messages of the queue received since ``since``, counted up to ``limit`` (enough for a quota check)."""
         return self._db.execute(
             "SELECT count(*) FROM (SELECT 1 FROM messages WHERE rid = ? AND ts >= ? LIMIT ?)", (rid, since, limit)
         ).fetchone()[0]
-
-    def delete_message(self, seq: int) -> None:
-        self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
 
     # --- forwarding, expiry, stats -------------------------------------------------------
 

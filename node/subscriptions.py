@@ -11,7 +11,7 @@ from typing import Hashable
 from onionproto import Message
 
 
-@dataclass
+@dataclass(slots=True)
 class Subscription:
     subscriber: Hashable
     in_flight: bytes | None = None

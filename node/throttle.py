@@ -7,6 +7,8 @@ from collections.abc import Callable
 class TokenBucket:
     """Allows ``rate`` commands per second on average and bursts of up to ``burst``."""
 
+    __slots__ = ("rate", "burst", "_clock", "_tokens", "_last")
+
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
         self.burst = burst

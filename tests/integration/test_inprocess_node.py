@@ -1,8 +1,10 @@
 """An in-process node (aiohttp runner on 127.0.0.1:0) with an injected clock and store, real WebSocket clients."""
 
+import asyncio
 import logging
 import os
 import time
+import tracemalloc
 
 import pytest
 from aiohttp import web
@@ -11,7 +13,9 @@ from node.config import NodeConfig
 from node.datadir import Identity
 from node.server import CHECKPOINT_EVERY, NODE_KEY, make_app
 from node.store import SQLiteQueueStore, read_counts
-from onionproto import Ack, Delete, Error, ErrorCode, Forward, Get, Message, NodeAddress, NoMessage, Ok, Send, Subscribe
+from onionproto import (
+    BLOCK_SIZE, Ack, Delete, Error, ErrorCode, Forward, Get, Message, NodeAddress, NoMessage, Ok, Ping, Pong, Send, Subscribe,
+)
 from onionproto import delivery, forward
 from relay_helpers import RawClient, id_forms, new_queue
 from transport import DirectConnector
@@ -189,3 +193,25 @@ async def test_deleted_queue_leaves_no_bytes_after_the_periodic_checkpoint(start
     data = (tmp_path / "node.db").read_bytes()
     for secret in (q.rid, q.snd, q.queue_key, q.rkey, q.skey, got.box[24:]):
         assert secret not in data
+
+
+async def test_idle_sessions_keep_no_blocks(start_node):
+    """An idle session holds no writer task and no reference to the last block it read or wrote."""
+    address, node, _ = await start_node(FakeClock())
+    server_side = [tracemalloc.Filter(True, "*/node/*", all_frames=True), tracemalloc.Filter(True, "*/aiohttp/web_*", all_frames=True)]
+    tracemalloc.start(30)
+    clients = []
+    try:
+        for _ in range(10):
+            client = await RawClient.connect(address)
+            assert isinstance(await client.request(Ping()), Pong)
+            clients.append(client)
+        await asyncio.sleep(0.2)
+        held = tracemalloc.take_snapshot().filter_traces(server_side)
+        blocks = [trace for trace in held.traces if trace.size >= BLOCK_SIZE]
+        assert all(conn._writer is None for conn in node.connections)
+        assert len(blocks) < len(clients), [trace.traceback.format()[-4:] for trace in blocks[:2]]
+    finally:
+        tracemalloc.stop()
+        for client in clients:
+            await client.close()

@@ -2,6 +2,8 @@
 
 import asyncio
 import sqlite3
+import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -99,3 +101,103 @@ async def test_run_alone_checkpoints_outside_a_transaction(tmp_path):
     assert wal.stat().st_size == 0
     assert queue(1).rid not in (tmp_path / "node.db").read_bytes()
     await committer.close()
+
+
+class CountingStore(SQLiteQueueStore):
+    savepoints = 0
+
+    @contextmanager
+    def savepoint(self):
+        self.savepoints += 1
+        with super().savepoint():
+            yield
+
+
+def test_operations_that_write_nothing_when_refused_need_no_savepoint(tmp_path):
+    store = CountingStore(tmp_path / "node.db")
+
+    def refused_before_writing():
+        raise Refused(ErrorCode.QUOTA, "full")
+
+    results = Committer(store).run_batch([lambda: store.add_queue(queue(1)), refused_before_writing, lambda: "ok"])
+    assert results == [None, Error("QUOTA", "full"), "ok"]
+    assert store.savepoints == 0
+    assert store.queue_by_rid(queue(1).rid) is not None
+    store.close()
+
+
+def test_a_write_before_a_refusal_reruns_the_batch_with_savepoints(tmp_path):
+    store = CountingStore(tmp_path / "node.db")
+
+    def refused_after_writing():
+        store.add_queue(queue(2))
+        raise Refused(ErrorCode.QUOTA, "full")
+
+    results = Committer(store).run_batch([lambda: store.add_queue(queue(1)) or "one", refused_after_writing])
+    assert results == ["one", Error("QUOTA", "full")]
+    assert store.savepoints == 2
+    assert store.queue_by_rid(queue(1).rid) is not None and store.queue_by_rid(queue(2).rid) is None
+    store.close()
+
+
+async def test_full_committer_makes_sessions_wait_for_room(tmp_path):
+    store = SQLiteQueueStore(tmp_path / "node.db")
+    committer = Committer(store, max_waiting=4, inline_batch=0)  # batches in the store thread
+    release = threading.Event()
+    committer.submit(lambda: release.wait(10), lambda result: None)
+    await asyncio.sleep(0.1)  # the store thread is now busy with that batch
+    answered = []
+    for n in range(4):
+        committer.submit(lambda n=n: n, answered.append)
+    assert committer.full
+    waiting = asyncio.get_running_loop().create_task(committer.room())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    release.set()
+    await asyncio.wait_for(waiting, 10)  # the drainer took the next batch: room again
+    assert not committer.full
+    await committer.call(lambda: None)
+    assert answered == [0, 1, 2, 3]
+    await committer.close()
+
+
+async def test_small_batches_run_in_the_loop_large_ones_in_the_store_thread(tmp_path):
+    store = SQLiteQueueStore(tmp_path / "node.db")
+    committer = Committer(store, inline_batch=2)
+    small = await asyncio.gather(*(committer.call(threading.current_thread) for _ in range(2)))
+    large = await asyncio.gather(*(committer.call(threading.current_thread) for _ in range(3)))
+    assert set(small) == {threading.current_thread()}
+    assert len(set(large)) == 1 and large[0] is not threading.current_thread()
+    await committer.close()
+
+
+async def test_run_alone_waits_for_the_running_batch(tmp_path):
+    store = SQLiteQueueStore(tmp_path / "node.db")
+    committer = Committer(store, inline_batch=0)
+    order = []
+    release = threading.Event()
+    committer.submit(lambda: release.wait(10) and order.append("batch"), lambda result: None)
+    await asyncio.sleep(0.05)  # the batch is running in the store thread
+    alone = asyncio.get_running_loop().create_task(committer.run_alone(lambda: order.append("alone")))
+    await asyncio.sleep(0.05)
+    assert order == []
+    release.set()
+    await asyncio.wait_for(alone, 10)
+    assert order == ["batch", "alone"]
+    await committer.close()
+
+
+async def test_a_slow_disk_sends_even_small_batches_to_the_store_thread(tmp_path):
+    store = SQLiteQueueStore(tmp_path / "node.db")
+    committer = Committer(store, inline_batch=2)
+    loop_thread = threading.current_thread()
+
+    def slow_commit():
+        time.sleep(0.01)  # an fsync of 10 ms, as on a spinning disk
+        return threading.current_thread()
+
+    assert await committer.call(slow_commit) is loop_thread  # nothing measured yet: in the loop
+    assert await committer.call(threading.current_thread) is not loop_thread  # too slow: the thread
+    assert await committer.call(threading.current_thread) is loop_thread  # that one was fast again
+    await committer.close()
+    store.close()

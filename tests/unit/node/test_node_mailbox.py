@@ -285,6 +285,21 @@ def test_delete_purges_rows_and_file_bytes(mailbox, store):
     assert store.queue_by_rid(keep.rid) is not None
 
 
+def test_acked_messages_leave_no_bytes_after_a_checkpoint(mailbox, store):
+    r = Recipient(mailbox)
+    boxes = [r.send(b"delivered %d" % i).message.box for i in range(4)]
+    store.checkpoint()
+    assert boxes[0][24:56] in store.path.read_bytes()  # the check below means something
+    for box in boxes:
+        message = r.do(Get())
+        assert message.box == box and r.do(Ack(mid=message.mid)).ok
+    store.checkpoint()
+    data = store.path.read_bytes()
+    for box in boxes:
+        for start in range(24, len(box) - 32, 4096):  # every page the box spanned
+            assert box[start : start + 32] not in data
+
+
 def test_relay_send_spends_the_envelope_once(mailbox, store, clock):
     identity_public, identity_secret = crypto.signing_keypair()
     r = Recipient(mailbox)
