@@ -25,7 +25,7 @@ from client.profiles import add_relay, create_profile
 from client.qr import qr_png, qr_terminal, read_qr_image
 from client.tor import ClientTor, TorSettings
 from torconfig.socks import isolation_credentials
-from torconfig.testnet import PrivateTorNetwork
+from torconfig.testnet import DEFAULT_RELAYS, PrivateTorNetwork
 
 MESSAGES = [
     ("alice", "Hi Bob, this came through two onion relays."),
@@ -146,7 +146,7 @@ async def _circuits(person: Person) -> list[str]:
 async def run_demo(workdir: Path) -> None:
     async with AsyncExitStack() as stack:
         say(f"Working in {workdir}")
-        say("1. Starting a private Tor network on 127.0.0.1 (3 directory authorities + 4 relays)...")
+        say(f"1. Starting a private Tor network on 127.0.0.1 (3 directory authorities + {DEFAULT_RELAYS} relays)...")
         network = PrivateTorNetwork(workdir / "tor-network")
         started = time.monotonic()
         stack.callback(network.down)

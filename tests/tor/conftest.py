@@ -14,7 +14,7 @@ from torconfig.testnet import PrivateTorNetwork
 
 @pytest.fixture(scope="session")
 def tor_network(tmp_path_factory) -> Iterator[PrivateTorNetwork]:
-    """A running 3-authority + 4-relay network, stopped by PID at session end."""
+    """A running 3-authority + 8-relay network, stopped by PID at session end."""
     require_tor()
     network = PrivateTorNetwork(tmp_path_factory.mktemp("testnet"))
     try:
