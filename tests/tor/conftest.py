@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from aiohttp import web
 
-from tor_helpers import assert_all_stopped, require_tor
+from tor_helpers import assert_all_stopped, private_network
 from torconfig.control import TorControl
 from torconfig.launch import TorProcess, start_tor
 from torconfig.testnet import PrivateTorNetwork
@@ -15,15 +15,8 @@ from torconfig.testnet import PrivateTorNetwork
 @pytest.fixture(scope="session")
 def tor_network(tmp_path_factory) -> Iterator[PrivateTorNetwork]:
     """A running 3-authority + 8-relay network, stopped by PID at session end."""
-    require_tor()
-    network = PrivateTorNetwork(tmp_path_factory.mktemp("testnet"))
-    try:
-        network.up()
+    with private_network(tmp_path_factory.mktemp("testnet")) as network:
         yield network
-    finally:
-        pids = [node["pid"] for node in network.status()["nodes"]]
-        network.down()
-        assert_all_stopped(pids)
 
 
 @pytest.fixture(scope="session")

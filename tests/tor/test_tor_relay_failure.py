@@ -14,9 +14,8 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from tor_helpers import assert_all_stopped, require_tor
+from tor_helpers import private_network
 from torconfig.cli import app as network_cli
-from torconfig.testnet import PrivateTorNetwork
 from workflow_helpers import clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, texts
 
 pytestmark = pytest.mark.tor
@@ -25,15 +24,8 @@ RECOVERY_DEADLINE = 240.0
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
-    require_tor()
-    network = PrivateTorNetwork(tmp_path_factory.mktemp("failing-testnet"))
-    try:
-        network.up()
+    with private_network(tmp_path_factory.mktemp("failing-testnet")) as network:
         yield network
-    finally:
-        pids = [node["pid"] for node in network.status()["nodes"]]
-        network.down()
-        assert_all_stopped(pids)
 
 
 @pytest.fixture(scope="module")

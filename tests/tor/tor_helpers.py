@@ -1,6 +1,8 @@
 """Helpers for the tor tests: skipping without tor, process checks, HTTP over SOCKS."""
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from aiohttp_socks import ProxyConnector, ProxyType
 
 from torconfig import process
 from torconfig.launch import TorProcess
+from torconfig.testnet import PrivateTorNetwork
 
 
 def require_tor() -> None:
@@ -36,3 +39,17 @@ async def fetch(session: ClientSession, url: str) -> str:
     async with session.get(url) as response:
         response.raise_for_status()
         return await response.text()
+
+
+@contextmanager
+def private_network(directory: Path) -> Iterator[PrivateTorNetwork]:
+    """A running private network (3 authorities + the default relays), stopped by PID afterwards."""
+    require_tor()
+    network = PrivateTorNetwork(directory)
+    try:
+        network.up()
+        yield network
+    finally:
+        pids = [node["pid"] for node in network.status()["nodes"]]
+        network.down()
+        assert_all_stopped(pids)
