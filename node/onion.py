@@ -382,6 +382,8 @@ class NodeTor:
         except TorError as exc:
             log.info("could not check the onion service's descriptor: %s", _one_line(exc))
             return
+        if findable is None:  # tor could not tell (no HSDir left to ask for now, timeouts)
+            return
         self._unfindable = 0 if findable else self._unfindable + 1
         if self._unfindable < SELF_CHECK_FAILURES:
             return

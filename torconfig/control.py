@@ -152,38 +152,41 @@ class TorControl:
         with self._lock:
             return [Stream(s.id, str(s.status), s.circ_id, s.target, self._sources.get(s.id)) for s in streams]
 
-    async def descriptor_findable(self, address: str, timeout: float = 30.0) -> bool:
+    async def descriptor_findable(self, address: str, *, asks: int = 3, timeout: float = 30.0) -> bool | None:
         """Ask the network for an onion's descriptor (HSFETCH), as a client would.
 
-        Returns True as soon as one responsible HSDir hands it over; False if
-        every HSDir asked failed (e.g. 404: the service's tor did not upload it)
-        or none answered within ``timeout`` seconds. The local cache is not used.
+        Each HSFETCH asks one responsible HSDir, tor picking one not asked
+        recently, so up to ``asks`` different HSDirs are asked in turn.
+
+        Returns:
+            True as soon as one hands the descriptor over; False if two said
+            NOT_FOUND and none had it; None if that cannot be told (tor has no
+            HSDir left to ask for now, other errors, or ``timeout`` seconds
+            per ask passed). The local cache is not used.
         """
         service_id = onion_keys.service_id(address)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
         def on_event(event) -> None:
-            if event.address == service_id:
-                loop.call_soon_threadsafe(events.put_nowait, str(event.action))
+            if event.address == service_id and str(event.action) in ("RECEIVED", "FAILED"):
+                loop.call_soon_threadsafe(events.put_nowait, (str(event.action), str(event.reason)))
 
         await _run(self._controller.add_event_listener, on_event, EventType.HS_DESC)
         try:
-            await _run(self._controller.msg, f"HSFETCH {service_id}")
-            requested = failed = 0
-            deadline = loop.time() + timeout
-            while (remaining := deadline - loop.time()) > 0:
+            not_found = 0
+            for _ in range(asks):
+                await _run(self._controller.msg, f"HSFETCH {service_id}")
                 try:
-                    action = await asyncio.wait_for(events.get(), remaining)
+                    action, reason = await asyncio.wait_for(events.get(), timeout)
                 except asyncio.TimeoutError:
-                    break
+                    return None
                 if action == "RECEIVED":
                     return True
-                requested += action == "REQUESTED"
-                failed += action == "FAILED"
-                if requested and failed >= requested:
-                    return False
-            return False
+                if reason == "QUERY_NO_HSDIR":
+                    break
+                not_found += reason == "NOT_FOUND"
+            return False if not_found >= 2 else None
         finally:
             await _run(self._controller.remove_event_listener, on_event)
 

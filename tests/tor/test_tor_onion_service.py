@@ -42,8 +42,8 @@ async def test_descriptor_findable_tells_published_from_unknown_onions(client_co
     address = await host_control.publish_onion(os.urandom(32), {80: web_port})
     try:
         assert await client_control.descriptor_findable(address) is True
-        # Every HSDir answers "not found" for an onion nobody published.
+        # HSDirs answer "not found" for an onion nobody published.
         unknown = onion_keys.onion_address_of_key(os.urandom(32))
-        assert await client_control.descriptor_findable(unknown, timeout=60) is False
+        assert await client_control.descriptor_findable(unknown) is False
     finally:
         await host_control.remove_onion(address)

@@ -51,12 +51,12 @@ async def test_service_is_published_again_after_failed_checks_in_a_row(tmp_path,
     assert "cannot find onion service" in caplog.text and tor.onion in caplog.text
 
 
-async def test_a_check_that_cannot_run_counts_as_nothing(tmp_path):
-    control = FakeControl([False, TorError("control connection lost"), False])
+async def test_a_check_that_cannot_run_or_tell_counts_as_nothing(tmp_path):
+    control = FakeControl([False, TorError("control connection lost"), None, False])
     tor = published_node(tmp_path, control)
-    for _ in range(3):
+    for _ in range(4):
         await tor._check_findable()  # noqa: SLF001
-    assert control.calls == ["check", "check", "check", "remove", "publish"]
+    assert control.calls == ["check", "check", "check", "check", "remove", "publish"]
 
 
 async def test_no_check_before_the_service_is_published(tmp_path):
