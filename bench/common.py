@@ -131,8 +131,23 @@ def wait_line(proc: subprocess.Popen, needle: bytes, timeout: float, what: str, 
                 buf += chunk
 
 
+class ChildProcess:
+    """A child started with ``stdout=PIPE`` (its ``proc``), stopped by PID."""
+
+    proc: subprocess.Popen | None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+            self.proc.stdout.close()
+
+
 @dataclass
-class NodeProcess:
+class NodeProcess(ChildProcess):
     """A real node: ``python -m onionpost node init/run`` in a temp data directory."""
 
     data_dir: Path
@@ -172,15 +187,6 @@ class NodeProcess:
         self.started_in = time.perf_counter() - t0
         return self
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc)
-            self.proc.stdout.close()
-
     def check_log(self) -> None:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         if "Traceback" in text or " ERROR " in text:
@@ -188,7 +194,7 @@ class NodeProcess:
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(ChildProcess):
     """A helper server of the suite (``python -m bench.xxx``), printing one 'listening' line."""
 
     args: list[str]
@@ -202,14 +208,6 @@ class ServerProcess:
         self.line = wait_line(self.proc, b"listening", timeout, " ".join(self.args[:2]), self.log_path).decode()
         return self
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc)
-            self.proc.stdout.close()
 
 
 # --- statistics ------------------------------------------------------------------------------

@@ -64,6 +64,21 @@ class Pair:
         self.receiver_state = None
         self.checked_first = False
 
+    def expected(self, pool: list) -> object:
+        """The body the next delivery must carry (pools are sent cyclically)."""
+        return pool[self.received % len(pool)]
+
+    def delivered(self, ok: bool, now: float, holder: dict) -> None:
+        """Count one delivery received at ``now``: note a wrong body, record latency, free a window slot."""
+        if not ok:
+            holder.setdefault("bad", []).append(f"pair {self.index}: unexpected body")
+        self.received += 1
+        sent = self.sent_at.popleft() if self.sent_at else now
+        stats = holder.get("stats")
+        if stats is not None:
+            stats.record(sent, now)
+        self.window.release()
+
 
 class Stats:
     def __init__(self, t0: float, t1: float):
@@ -101,19 +116,12 @@ async def node_setup(config, pairs: list[Pair], holder: dict):
             if not isinstance(response, Message):
                 return
             now = time.monotonic()
-            stats = holder.get("stats")
             _, body = open_message(state["queue_key"], response.box)
-            expected = pair.pool[pair.received % len(pair.pool)]
-            if body != expected:
-                holder.setdefault("bad", []).append(f"pair {pair.index}: unexpected body")
+            ok = body == pair.expected(pair.pool)
             if not pair.checked_first:
                 e2e.ratchet_decrypt(pair.receiver_state, body)  # raises if it is not a real ratchet message
                 pair.checked_first = True
-            pair.received += 1
-            sent = pair.sent_at.popleft() if pair.sent_at else now
-            if stats is not None:
-                stats.record(sent, now)
-            pair.window.release()
+            pair.delivered(ok, now, holder)
             task = asyncio.get_running_loop().create_task(state["recipient"].request_many([(Ack(response.mid), rid, rsecret)]))
             task.add_done_callback(_check_task(holder))
 
@@ -188,15 +196,7 @@ async def raw_setup(config, pairs: list[Pair], holder: dict):
                     break
                 now = time.monotonic()
                 data = msg.data
-                body = data[25 : 25 + len(pair.pool[0])]
-                if body != pair.pool[pair.received % len(pair.pool)]:
-                    holder.setdefault("bad", []).append(f"pair {pair.index}: unexpected body")
-                pair.received += 1
-                sent = pair.sent_at.popleft() if pair.sent_at else now
-                stats = holder.get("stats")
-                if stats is not None:
-                    stats.record(sent, now)
-                pair.window.release()
+                pair.delivered(data[25 : 25 + len(pair.pool[0])] == pair.expected(pair.pool), now, holder)
                 await recipient.send_bytes(ack)
 
         oks: deque = deque()
@@ -280,15 +280,7 @@ async def xmpp_setup(config, pairs: list[Pair], holder: dict):
         to = str(recipient.boundjid)
 
         def on_message(msg):
-            now = time.monotonic()
-            if msg["body"] != bodies[pair.received % len(bodies)]:
-                holder.setdefault("bad", []).append(f"pair {pair.index}: unexpected body")
-            pair.received += 1
-            sent = pair.sent_at.popleft() if pair.sent_at else now
-            stats = holder.get("stats")
-            if stats is not None:
-                stats.record(sent, now)
-            pair.window.release()
+            pair.delivered(msg["body"] == pair.expected(bodies), time.monotonic(), holder)
 
         recipient.add_event_handler("message", on_message)
         stanzas = [f"<message to='{to}' type='chat' id='m{i}'><body>{b}</body></message>" for i, b in enumerate(bodies)]
