@@ -32,7 +32,6 @@ import asyncio
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -256,7 +255,7 @@ async def _measure(host_tor, client_tor, workdir: Path, quick: bool) -> dict:
 
 def run(quick: bool, workdir: Path) -> Result:
     from torconfig.errors import TorError
-    from torconfig.launch import start_tor
+    from torconfig.launch import start_client_and_host
     from torconfig.testnet import PrivateTorNetwork
 
     result = Result("tor")
@@ -268,17 +267,7 @@ def run(quick: bool, workdir: Path) -> Result:
     try:
         network.up()
         up_s = time.perf_counter() - t0
-        with ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(start_tor, workdir / name, testnet_dir=network.directory, socks=socks)
-                       for name, socks in (("client-tor", True), ("host-tor", False))]
-            errors = []
-            for f in futures:
-                try:
-                    tors.append(f.result())
-                except Exception as exc:
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
+        tors = list(start_client_and_host(workdir / "client-tor", workdir / "host-tor", network.directory))
         client_tor, host_tor = tors
         data = asyncio.run(_measure(host_tor, client_tor, workdir, quick))
     except TorError as exc:

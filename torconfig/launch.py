@@ -2,6 +2,7 @@
 
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,3 +140,24 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
     except BaseException:
         process.stop_pids([popen.pid])
         raise
+
+
+def start_client_and_host(client_dir: Path, host_dir: Path, testnet_dir: Path) -> tuple[TorProcess, TorProcess]:
+    """Start a client tor (SOCKS) and an onion-service host tor on the private network, in parallel.
+
+    Raises the first error; then neither tor is left running.
+    """
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(start_tor, data_dir, testnet_dir=testnet_dir, socks=socks)
+                   for data_dir, socks in ((client_dir, True), (host_dir, False))]
+        started, errors = [], []
+        for future in futures:  # collect both, so neither is left running
+            try:
+                started.append(future.result())
+            except Exception as exc:
+                errors.append(exc)
+    if errors:
+        for tor in started:
+            tor.stop()
+        raise errors[0]
+    return started[0], started[1]

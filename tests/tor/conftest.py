@@ -1,14 +1,13 @@
 """Fixtures for tests that run real tor: ONE private network per test session."""
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from aiohttp import web
 
 from tor_helpers import assert_all_stopped, private_network
 from torconfig.control import TorControl
-from torconfig.launch import TorProcess, start_tor
+from torconfig.launch import TorProcess, start_client_and_host
 from torconfig.testnet import PrivateTorNetwork
 
 
@@ -23,24 +22,13 @@ def tor_network(tmp_path_factory) -> Iterator[PrivateTorNetwork]:
 def tors(tor_network, tmp_path_factory) -> Iterator[tuple[TorProcess, TorProcess]]:
     """(client tor with SOCKS, onion-service host tor), started in parallel."""
     base = tmp_path_factory.mktemp("tors")
-    started: list[TorProcess] = []
+    client, host = start_client_and_host(base / "client", base / "host", tor_network.directory)
     try:
-        with ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(start_tor, base / name, testnet_dir=tor_network.directory, socks=socks)
-                       for name, socks in (("client", True), ("host", False))]
-            errors = []
-            for future in futures:  # collect both, so neither tor is left running
-                try:
-                    started.append(future.result())
-                except Exception as exc:
-                    errors.append(exc)
-        if errors:
-            raise errors[0]
-        yield started[0], started[1]
+        yield client, host
     finally:
-        for tor in started:
+        for tor in (client, host):
             tor.stop()
-        assert_all_stopped([tor.pid for tor in started])
+        assert_all_stopped([client.pid, host.pid])
 
 
 @pytest.fixture(scope="session")
