@@ -93,7 +93,8 @@ class Connection:
         self._dispatcher = dispatcher
         self._throttle = throttle
         self.max_pending = max_pending
-        self._out: deque = deque()
+        self._out: deque | None = None
+        """Reserved answers and raw output, oldest first; None while empty (an idle session keeps no deque)."""
         self._writer: asyncio.Task | None = None
         """Sends what is ready at the head of ``_out``; exists only while there is something to send."""
         self._room: asyncio.Future | None = None
@@ -110,7 +111,7 @@ class Connection:
         if self.closed:
             return
         slot = Slot(self, None, queue)
-        self._out.append(slot)
+        self._append(slot)
         slot.answer(response)
 
     def spawn(self, coroutine: Coroutine) -> None:
@@ -156,7 +157,7 @@ class Connection:
 
     async def _read_loop(self) -> None:
         while not self.closed and self._final_sent is None:
-            if len(self._out) >= self.max_pending:
+            if self.pending() >= self.max_pending:
                 self._room = asyncio.get_running_loop().create_future()
                 await self._room
                 continue
@@ -201,21 +202,30 @@ class Connection:
                 return
             self._dispatcher.dispatch(self, t, slot)
 
+    def pending(self) -> int:
+        """Entries in the output: answers reserved or ready, raw blocks, a fatal ERR."""
+        return 0 if self._out is None else len(self._out)
+
+    def _append(self, entry) -> None:
+        if self._out is None:
+            self._out = deque()
+        self._out.append(entry)
+
     def _reserve(self, corr: bytes | None, queue: bytes | None) -> Slot:
         slot = Slot(self, corr, queue)
-        self._out.append(slot)
+        self._append(slot)
         return slot
 
     def _queue_raw(self, data: bytes) -> None:
         if data:
-            self._out.append(_Raw(data))
+            self._append(_Raw(data))
             self._wake()
 
     def _fatal(self, code: ErrorCode, detail: str) -> None:
         """relay.md "Error codes": a fatal ERR is pushed after the answers so far, then the session closes."""
         log.info("closing a session: %s", code.value)
         self._final_sent = asyncio.get_running_loop().create_future()
-        self._out.append(_Fatal(code, detail))
+        self._append(_Fatal(code, detail))
         self._wake()
 
     # --- writing -------------------------------------------------------------------------
@@ -259,7 +269,7 @@ class Connection:
         return final
 
     def _make_room(self) -> None:
-        if self._room is not None and (len(self._out) < self.max_pending or self.closed):
+        if self._room is not None and (self.pending() < self.max_pending or self.closed):
             if not self._room.done():
                 self._room.set_result(None)
             self._room = None
@@ -277,8 +287,9 @@ class Connection:
         chunks: list[bytes] = []
         replies: list = []
         final = False
-        while self._out:
-            head = self._out[0]
+        out = self._out
+        while out:
+            head = out[0]
             if isinstance(head, Slot):
                 if head.items is None:
                     break
@@ -292,9 +303,11 @@ class Connection:
                 else:
                     chunks.append(self.session.fatal_error(head.code, head.detail))
                     final = True
-                    self._out.clear()
+                    out.clear()
                     break
-            self._out.popleft()
+            out.popleft()
+        if not out:
+            self._out = None
         if replies:
             chunks.append(self.session.send(replies))
         return chunks, final
