@@ -84,6 +84,7 @@ class Committer:
         self._room: asyncio.Future | None = None
         self._idle: asyncio.Future | None = None
         self._closed = False
+        self._closing: asyncio.Future | None = None
 
     @property
     def full(self) -> bool:
@@ -233,7 +234,16 @@ class Committer:
         return await future
 
     async def close(self) -> None:
-        """Finish the pending batches, then close the store and stop the store thread."""
+        """Finish the pending batches, then close the store and stop the store thread.
+
+        Safe to call more than once, also concurrently: every call returns
+        once the store is closed.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._closed = True
         self._make_room()
         while self._running is not None or self._pending or self._alone:

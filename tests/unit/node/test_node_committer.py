@@ -90,6 +90,22 @@ async def test_closed_committer_answers_internal(tmp_path):
     await asyncio.sleep(0)
 
 
+async def test_close_twice_and_concurrently_closes_once(tmp_path):
+    closes = []
+
+    class Store(SQLiteQueueStore):
+        def close(self):
+            closes.append(1)
+            super().close()
+
+    committer = Committer(Store(tmp_path / "node.db"))
+    answered = []
+    committer.submit(lambda: "pending", answered.append)
+    await asyncio.wait_for(asyncio.gather(committer.close(), committer.close()), 10)
+    await asyncio.wait_for(committer.close(), 10)  # before: a second close waited forever on a stopped thread
+    assert answered == ["pending"] and closes == [1]
+
+
 async def test_run_alone_checkpoints_outside_a_transaction(tmp_path):
     store = SQLiteQueueStore(tmp_path / "node.db")
     committer = Committer(store)
