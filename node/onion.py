@@ -240,7 +240,8 @@ class NodeTor:
         log.info("onion service %s published in %.1f s", address, self.timings["publication"])
 
     def _stop_leftover(self) -> None:
-        """Stop a tor an earlier run of this node left behind (a node killed with SIGKILL cannot stop its tor)."""
+        """Stop a tor an earlier run of this node left behind (one started before tors were owned by their node;
+        a tor owned by a killed node exits by itself)."""
         leftover = process.tor_pids_under(self.tor_dir)
         if leftover:
             log.warning("stopping tor left running by an earlier run of this node (pid %s)", ", ".join(map(str, leftover)))

@@ -1,5 +1,6 @@
 """Start a tor that joins the private network or the real Tor network."""
 
+import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,8 @@ class TorProcess:
     socks_port: int | None
     control_cookie_path: Path
     _popen: subprocess.Popen | None = field(default=None, repr=False)
+    _owner: stem.control.Controller | None = field(default=None, repr=False)
+    """The control connection that owns tor: tor exits when it closes, however this process ends."""
 
     def alive(self) -> bool:
         """Return True while the process runs."""
@@ -41,6 +44,8 @@ class TorProcess:
     def stop(self, timeout: float = process.STOP_TIMEOUT) -> None:
         """Stop tor by PID: SIGTERM, then SIGKILL after ``timeout`` seconds."""
         process.stop_pids([self.pid], timeout)
+        if self._owner is not None:
+            self._owner.close()
         if self._popen is not None:
             self._popen.poll()
 
@@ -71,7 +76,7 @@ def _wait(condition: Callable[[], object], popen: subprocess.Popen, deadline: fl
 
 
 def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = True,
-              progress: Progress | None = None, timeout: float = START_TIMEOUT) -> TorProcess:
+              progress: Progress | None = None, timeout: float = START_TIMEOUT, owned: bool = True) -> TorProcess:
     """Start tor and return once it has bootstrapped to 100 %.
 
     Args:
@@ -80,9 +85,12 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
         socks: open a SOCKS port (IsolateSOCKSAuth); False for a pure onion-service host.
         progress: called with (summary, percent 0-100) during bootstrap.
         timeout: seconds allowed for the whole start.
+        owned: tie tor to this process: it exits when this process ends, even
+            by SIGKILL (``__OwningControllerProcess`` + TAKEOWNERSHIP on a
+            control connection kept open until ``stop()``; gotcha 2).
 
     Returns:
-        The running TorProcess. It is not tied to this Python process: call stop().
+        The running TorProcess; call stop().
 
     Raises:
         TorError: no network in ``testnet_dir``, tor failed, or timeout.
@@ -107,39 +115,53 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
         _prepare_testnet_dir(data_dir, state)
         torrc = render_torrc("client" if socks else "onion_host", values, state["join_torrc"])
     (data_dir / CONTROL_PORT_FILE).unlink(missing_ok=True)
+    if owned:
+        torrc += f"\n# Exit when the process that started this tor ends.\n__OwningControllerProcess {os.getpid()}\n"
     torrc_path = data_dir / "torrc"
     torrc_path.write_text(torrc)
     popen = process.spawn_tor(torrc_path, data_dir / "tor.out")
+    controller = None
     try:
         control_port = _wait(lambda: process.read_control_port_file(data_dir / CONTROL_PORT_FILE),
                              popen, deadline, "the control port", data_dir)
-        with stem.control.Controller.from_port(port=control_port) as controller:
-            controller.authenticate()  # cookie; no __OwningControllerProcess (gotcha 2)
-            if state is not None:
-                # Enable the network only once a consensus is served (gotcha 3).
-                report("waiting for the private network's consensus", 0.0)
-                _wait(lambda: testnet.consensus_served(state), popen, deadline, "a consensus", data_dir)
-                controller.set_conf("DisableNetwork", "0")
-            last = None
+        controller = stem.control.Controller.from_port(port=control_port)
+        # Cookie auth. When owned, stem sends TAKEOWNERSHIP on this first connection: tor
+        # exits when it closes, so it is kept until stop() (gotcha 2).
+        controller.authenticate()
+        if state is not None:
+            # Enable the network only once a consensus is served (gotcha 3).
+            report("waiting for the private network's consensus", 0.0)
+            _wait(lambda: testnet.consensus_served(state), popen, deadline, "a consensus", data_dir)
+            controller.set_conf("DisableNetwork", "0")
+        last = None
 
-            def bootstrapped() -> bool:
-                nonlocal last
-                phase = parse_bootstrap_phase(controller.get_info("status/bootstrap-phase"))
-                if phase != last:
-                    report(phase.summary, float(phase.progress))
-                    last = phase
-                return phase.progress >= 100
+        def bootstrapped() -> bool:
+            nonlocal last
+            phase = parse_bootstrap_phase(controller.get_info("status/bootstrap-phase"))
+            if phase != last:
+                report(phase.summary, float(phase.progress))
+                last = phase
+            return phase.progress >= 100
 
-            _wait(bootstrapped, popen, deadline, "bootstrap", data_dir)
-            socks_port = controller.get_listeners(Listener.SOCKS)[0][1] if socks else None
+        _wait(bootstrapped, popen, deadline, "bootstrap", data_dir)
+        socks_port = controller.get_listeners(Listener.SOCKS)[0][1] if socks else None
+        if not owned:
+            controller.close()
+            controller = None
         return TorProcess(data_dir, popen.pid, control_port, socks_port,
-                          data_dir / "control_auth_cookie", popen)
+                          data_dir / "control_auth_cookie", popen, controller)
     except (stem.ControllerError, stem.connection.AuthenticationFailure) as exc:
-        process.stop_pids([popen.pid])
+        _abandon(popen, controller)
         raise TorError(f"controlling tor failed: {exc}") from exc
     except BaseException:
-        process.stop_pids([popen.pid])
+        _abandon(popen, controller)
         raise
+
+
+def _abandon(popen: subprocess.Popen, controller: stem.control.Controller | None) -> None:
+    process.stop_pids([popen.pid])
+    if controller is not None:
+        controller.close()
 
 
 def start_client_and_host(client_dir: Path, host_dir: Path, testnet_dir: Path) -> tuple[TorProcess, TorProcess]:

@@ -376,6 +376,21 @@ def test_sigterm_during_startup_leaves_no_tor(tor_network, onion_nodes):
     assert not node.tor_pids()
 
 
+@pytest.mark.timeout(180)
+def test_a_killed_node_takes_its_tor_with_it(tor_network, onion_nodes):
+    node = onion_nodes("relay")
+    node.start(*network_args(tor_network))
+    pids = node.tor_pids()
+    assert len(pids) == 1
+    os.kill(node.proc.pid, signal.SIGKILL)  # no chance to stop its tor
+    assert node.proc.wait(10) == -signal.SIGKILL
+    # tor took ownership of the node's control connection; the kernel closed it with the node.
+    assert_all_stopped(pids, timeout=10.0)
+    assert "Owning controller connection has closed" in (node.data_dir / "tor" / "notice.log").read_text()
+    node.proc.stdout.close()
+    node.proc = None  # checked here; the fixture has nothing left to stop
+
+
 @pytest.mark.timeout(60)
 def test_startup_failure_is_one_line_and_leaves_no_tor(tmp_path, onion_nodes):
     node = onion_nodes("relay")

@@ -1,6 +1,7 @@
 """Helpers for the tor tests: skipping without tor, process checks, HTTP over SOCKS."""
 
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +21,11 @@ def require_tor() -> None:
         pytest.skip("tor and tor-gencert are not installed")
 
 
-def assert_all_stopped(pids: list[int]) -> None:
-    """Fail if any of these processes is still alive."""
-    alive = [pid for pid in pids if process.pid_alive(pid)]
+def assert_all_stopped(pids: list[int], timeout: float = 0.0) -> None:
+    """Fail if any of these processes is still alive (after up to ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if process.pid_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not alive, f"tor processes still alive: {alive}"
 
 
