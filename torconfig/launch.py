@@ -76,7 +76,7 @@ def _wait(condition: Callable[[], object], popen: subprocess.Popen, deadline: fl
 
 
 def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = True,
-              progress: Progress | None = None, timeout: float = START_TIMEOUT, owned: bool = True) -> TorProcess:
+              progress: Progress | None = None, timeout: float = START_TIMEOUT) -> TorProcess:
     """Start tor and return once it has bootstrapped to 100 %.
 
     Args:
@@ -85,12 +85,12 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
         socks: open a SOCKS port (IsolateSOCKSAuth); False for a pure onion-service host.
         progress: called with (summary, percent 0-100) during bootstrap.
         timeout: seconds allowed for the whole start.
-        owned: tie tor to this process: it exits when this process ends, even
-            by SIGKILL (``__OwningControllerProcess`` + TAKEOWNERSHIP on a
-            control connection kept open until ``stop()``; gotcha 2).
 
     Returns:
-        The running TorProcess; call stop().
+        The running TorProcess, owned by this process: tor exits when this
+        process ends, even by SIGKILL (``__OwningControllerProcess``, then
+        TAKEOWNERSHIP on a control connection kept open until ``stop()``;
+        gotcha 2). Call stop().
 
     Raises:
         TorError: no network in ``testnet_dir``, tor failed, or timeout.
@@ -115,8 +115,7 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
         _prepare_testnet_dir(data_dir, state)
         torrc = render_torrc("client" if socks else "onion_host", values, state["join_torrc"])
     (data_dir / CONTROL_PORT_FILE).unlink(missing_ok=True)
-    if owned:
-        torrc += f"\n# Exit when the process that started this tor ends.\n__OwningControllerProcess {os.getpid()}\n"
+    torrc += f"\n# Exit when the process that started this tor ends.\n__OwningControllerProcess {os.getpid()}\n"
     torrc_path = data_dir / "torrc"
     torrc_path.write_text(torrc)
     popen = process.spawn_tor(torrc_path, data_dir / "tor.out")
@@ -125,8 +124,8 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
         control_port = _wait(lambda: process.read_control_port_file(data_dir / CONTROL_PORT_FILE),
                              popen, deadline, "the control port", data_dir)
         controller = stem.control.Controller.from_port(port=control_port)
-        # Cookie auth. When owned, stem sends TAKEOWNERSHIP on this first connection: tor
-        # exits when it closes, so it is kept until stop() (gotcha 2).
+        # Cookie auth. stem sends TAKEOWNERSHIP on this first connection: tor exits when it
+        # closes, so it is kept until stop() (gotcha 2).
         controller.authenticate()
         if state is not None:
             # Enable the network only once a consensus is served (gotcha 3).
@@ -145,9 +144,6 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
 
         _wait(bootstrapped, popen, deadline, "bootstrap", data_dir)
         socks_port = controller.get_listeners(Listener.SOCKS)[0][1] if socks else None
-        if not owned:
-            controller.close()
-            controller = None
         return TorProcess(data_dir, popen.pid, control_port, socks_port,
                           data_dir / "control_auth_cookie", popen, controller)
     except (stem.ControllerError, stem.connection.AuthenticationFailure) as exc:
