@@ -114,7 +114,7 @@ class OnionNode:
             self.proc.wait(10)
         if self.proc is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
-        # A killed node cannot stop its tor: the test does, by PID.
+        # Its tor exits with it (owned); whatever is left is stopped by PID.
         process.stop_pids(self.tor_pids())
 
     def log_text(self) -> str:
