@@ -13,6 +13,7 @@ Isolation modes (``--isolation``), from most to least private:
 
 import asyncio
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +65,17 @@ class ClientTor:
             refresh = self.refresh_circuits if self.control_port is not None else None
             self.connector = TorConnector(host, port, on_unreachable=refresh)
             return self.connector
+        abort = threading.Event()
         try:
             self.process = await asyncio.to_thread(
-                start_tor, self.home / "tor", testnet_dir=self.settings.testnet, socks=True, progress=progress
+                start_tor, self.home / "tor", testnet_dir=self.settings.testnet, socks=True, progress=progress,
+                abort=abort,
             )
         except TorError as exc:
             raise RuntimeError(f"could not start tor: {exc}") from None
+        except asyncio.CancelledError:  # Ctrl-C while tor bootstraps: its thread stops it at once
+            abort.set()
+            raise
         self.control_port, self._cookie = self.process.control_port, self.process.control_cookie_path
         self.connector = TorConnector("127.0.0.1", self.process.socks_port, on_unreachable=self.refresh_circuits)
         return self.connector

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
@@ -62,11 +63,14 @@ def _prepare_testnet_dir(data_dir: Path, state: dict) -> None:
     mark.write_text(started)
 
 
-def _wait(condition: Callable[[], object], popen: subprocess.Popen, deadline: float, what: str, data_dir: Path):
+def _wait(condition: Callable[[], object], popen: subprocess.Popen, deadline: float, what: str, data_dir: Path,
+          abort: threading.Event | None):
     while True:
         result = condition()
         if result:
             return result
+        if abort is not None and abort.is_set():
+            raise TorError(f"tor start aborted while waiting for {what}")
         if popen.poll() is not None:
             tail = process.log_tail(data_dir / "tor.out", data_dir / "notice.log")
             raise TorError(f"tor exited while waiting for {what}: {tail}")
@@ -76,7 +80,8 @@ def _wait(condition: Callable[[], object], popen: subprocess.Popen, deadline: fl
 
 
 def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = True,
-              progress: Progress | None = None, timeout: float = START_TIMEOUT) -> TorProcess:
+              progress: Progress | None = None, timeout: float = START_TIMEOUT,
+              abort: threading.Event | None = None) -> TorProcess:
     """Start tor and return once it has bootstrapped to 100 %.
 
     Args:
@@ -85,6 +90,8 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
         socks: open a SOCKS port (IsolateSOCKSAuth); False for a pure onion-service host.
         progress: called with (summary, percent 0-100) during bootstrap.
         timeout: seconds allowed for the whole start.
+        abort: set it (from another thread) to give up within 0.1 s; tor is
+            stopped and TorError raised. For a caller cancelled meanwhile.
 
     Returns:
         The running TorProcess, owned by this process: tor exits when this
@@ -122,7 +129,7 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
     controller = None
     try:
         control_port = _wait(lambda: process.read_control_port_file(data_dir / CONTROL_PORT_FILE),
-                             popen, deadline, "the control port", data_dir)
+                             popen, deadline, "the control port", data_dir, abort)
         controller = stem.control.Controller.from_port(port=control_port)
         # Cookie auth. stem sends TAKEOWNERSHIP on this first connection: tor exits when it
         # closes, so it is kept until stop() (gotcha 2).
@@ -130,7 +137,7 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
         if state is not None:
             # Enable the network only once a consensus is served (gotcha 3).
             report("waiting for the private network's consensus", 0.0)
-            _wait(lambda: testnet.consensus_served(state), popen, deadline, "a consensus", data_dir)
+            _wait(lambda: testnet.consensus_served(state), popen, deadline, "a consensus", data_dir, abort)
             controller.set_conf("DisableNetwork", "0")
         last = None
 
@@ -142,7 +149,7 @@ def start_tor(data_dir: Path, *, testnet_dir: Path | None = None, socks: bool = 
                 last = phase
             return phase.progress >= 100
 
-        _wait(bootstrapped, popen, deadline, "bootstrap", data_dir)
+        _wait(bootstrapped, popen, deadline, "bootstrap", data_dir, abort)
         socks_port = controller.get_listeners(Listener.SOCKS)[0][1] if socks else None
         return TorProcess(data_dir, popen.pid, control_port, socks_port,
                           data_dir / "control_auth_cookie", popen, controller)

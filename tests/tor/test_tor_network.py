@@ -1,7 +1,10 @@
 """The session's private network comes up and a client tor bootstraps on it."""
 
+import threading
+
 import pytest
 
+from torconfig import TorError, process
 from torconfig.launch import start_tor
 from torconfig.testnet import AUTHORITIES
 
@@ -36,3 +39,16 @@ def test_bootstrap_progress_is_reported(tor_network, tmp_path):
     finally:
         tor.stop()
     assert not tor.alive()
+
+
+@pytest.mark.timeout(60)
+def test_an_aborted_start_stops_tor_at_once(tor_network, tmp_path):
+    abort = threading.Event()
+
+    def report(summary: str, percent: float) -> None:
+        if percent > 0:  # tor runs and bootstraps: give up now
+            abort.set()
+
+    with pytest.raises(TorError, match="aborted"):  # instead of finishing the bootstrap
+        start_tor(tmp_path / "client", testnet_dir=tor_network.directory, progress=report, abort=abort)
+    assert process.tor_pids_under(tmp_path / "client") == []
