@@ -97,6 +97,7 @@ def test_demo_runs_the_conversation_and_leaves_nothing_running(demo):
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("stage", [
     "1. Starting a private Tor network",  # while the network comes up (in a worker thread)
+    "2. Starting two onionpost relays",   # while the relays' tors bootstrap and publish
     "3. Two people",                      # while the clients' tors bootstrap
     "6. They talk",                       # in the middle of the conversation
 ])
