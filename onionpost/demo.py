@@ -10,6 +10,7 @@ forwards to the other's.
 import asyncio
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -57,6 +58,7 @@ class RelayProcess:
         self.data, self.testnet = data, testnet
         self.proc: subprocess.Popen | None = None
         self.address = ""
+        self.stopping = False
 
     COMMAND = [sys.executable, "-m", "onionpost", "node"]
 
@@ -73,16 +75,20 @@ class RelayProcess:
         )
 
     def wait_listening(self, timeout: float = 180) -> str:
+        """Read the relay's listening line (in a worker thread; ``stop`` may run meanwhile)."""
         deadline = time.monotonic() + timeout
         line = b""
         while b"\n" not in line:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if self.stopping or self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"relay {self.data.name} did not start; see {self.log.name}")
-            line += os.read(self.proc.stdout.fileno(), 1)
+            # Never block for long: stop() closes the pipe, and its descriptor may be reused.
+            if select.select([self.proc.stdout], [], [], 0.2)[0]:
+                line += os.read(self.proc.stdout.fileno(), 1)
         self.address = line.decode().split(" address ")[-1].strip()
         return self.address
 
     def stop(self) -> None:
+        self.stopping = True
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
