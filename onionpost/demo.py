@@ -68,6 +68,7 @@ class RelayProcess:
             raise RuntimeError(f"node init failed: {init.stderr.strip()}")
 
     def start(self) -> None:
+        self.stopping = False
         self.log = open(self.data.parent / f"{self.data.name}.log", "ab")
         self.proc = subprocess.Popen(
             [*self.COMMAND, "run", "--data", str(self.data), "--testnet", str(self.testnet)],
