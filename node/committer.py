@@ -83,8 +83,12 @@ class Committer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._room: asyncio.Future | None = None
         self._idle: asyncio.Future | None = None
-        self._closed = False
         self._closing: asyncio.Future | None = None
+        """Set by the first ``close()``; from then on nothing new is accepted."""
+
+    @property
+    def _closed(self) -> bool:
+        return self._closing is not None
 
     @property
     def full(self) -> bool:
@@ -244,7 +248,6 @@ class Committer:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        self._closed = True
         self._make_room()
         while self._running is not None or self._pending or self._alone:
             if self._idle is None:
