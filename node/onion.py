@@ -61,7 +61,7 @@ RECONNECT_WINDOW = 60.0
 RECONNECT_INTERVAL = 3.0
 SELF_CHECK_EVERY = {"testnet": 60, "real": 1200}
 """Watch ticks between checks that the network can find the service's descriptor: 30 s on the
-private network, 10 min on the real one (each check asks every responsible HSDir)."""
+private network, 10 min on the real one (each check asks up to 3 HSDirs)."""
 SELF_CHECK_FAILURES = 2
 """Failed checks in a row after which the service is published again."""
 ABORT_TIMEOUT = 20.0
