@@ -40,7 +40,7 @@ def rate(fn, seconds: float, batch: int = 1) -> float:
 
 
 def conversation():
-    from client import e2e
+    from onionpost.client import e2e
 
     secrets, invitation = e2e.create_invitation()
     pending, request = e2e.create_request(invitation, b"request")
@@ -50,8 +50,8 @@ def conversation():
 
 
 def ratchet_rates(seconds: float) -> dict:
-    from client import e2e
-    from client.e2e import _crypto
+    from onionpost.client import e2e
+    from onionpost.client.e2e import _crypto
 
     text = os.urandom(1000)
     state = {}
@@ -116,8 +116,8 @@ class _StubKEM:
 
 
 def handshake_rates(seconds: float) -> dict:
-    from client import e2e
-    from client.e2e import _crypto
+    from onionpost.client import e2e
+    from onionpost.client.e2e import _crypto
 
     def full():
         conversation()
@@ -148,7 +148,7 @@ def handshake_rates(seconds: float) -> dict:
 def sqlcipher_open(workdir: Path, runs: int) -> dict:
     import sqlcipher3
 
-    from client.db import open_database
+    from onionpost.client.db import open_database
 
     home = workdir / "client-home"
     open_database(home, "correct horse battery staple", create=True).close()

@@ -36,7 +36,7 @@ BLOCK = 16384
 
 def make_pool(size: int):
     """A real conversation: handshake, then ``size`` chained ratchet messages from the inviter."""
-    from client import e2e, payloads
+    from onionpost.client import e2e, payloads
 
     secrets, invitation = e2e.create_invitation()
     pending, request = e2e.create_request(invitation, payloads.encode("request", reply="x", snd=b"\0" * 24, skey=b"\0" * 32, via="link"))
@@ -98,10 +98,10 @@ class Stats:
 
 
 async def node_setup(config, pairs: list[Pair], holder: dict):
-    from onionproto import Ack, Message, New, SecureQueue, Send, Subscribe, crypto, parse_node_address
-    from onionproto.delivery import open_message
-    from transport import RelayLink
-    from client import e2e
+    from onionpost.proto import Ack, Message, New, SecureQueue, Send, Subscribe, crypto, parse_node_address
+    from onionpost.proto.delivery import open_message
+    from onionpost.transport import RelayLink
+    from onionpost.client import e2e
 
     address = parse_node_address(config["address"])
     links = []

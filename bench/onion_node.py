@@ -20,10 +20,10 @@ import sys
 
 from aiohttp import web
 
-from node.datadir import DataDir
-from node.server import make_app
-from node.store import SQLiteQueueStore
-from transport.tor import TorConnector
+from onionpost.node.datadir import DataDir
+from onionpost.node.server import make_app
+from onionpost.node.store import SQLiteQueueStore
+from onionpost.transport.tor import TorConnector
 
 
 async def main(args) -> None:

@@ -32,7 +32,7 @@ KIB = 1024
 
 def fill_queues(data_dir: Path, count: int, keys: list[tuple[bytes, bytes]] | None = None) -> list[bytes]:
     """Write ``count`` secured, idle queues into a (stopped) node's database; return their rids."""
-    from node.store import QueueRecord, SQLiteQueueStore
+    from onionpost.node.store import QueueRecord, SQLiteQueueStore
 
     store = SQLiteQueueStore(data_dir / "node.db")
     rids = []
@@ -51,8 +51,8 @@ def fill_queues(data_dir: Path, count: int, keys: list[tuple[bytes, bytes]] | No
 
 
 async def _ping_time(address: str) -> float:
-    from onionproto import Ping, parse_node_address
-    from transport import RelayLink
+    from onionpost.proto import Ping, parse_node_address
+    from onionpost.transport import RelayLink
 
     t0 = time.perf_counter()
     link = await RelayLink.connect(parse_node_address(address))
@@ -71,8 +71,8 @@ def start_timed(node: NodeProcess) -> tuple[float, float]:
 
 
 async def _open_links(address: str, count: int) -> list:
-    from onionproto import parse_node_address
-    from transport import RelayLink
+    from onionpost.proto import parse_node_address
+    from onionpost.transport import RelayLink
 
     addr = parse_node_address(address)
     links = []
@@ -137,7 +137,7 @@ def idle_clients(workdir: Path, counts: list[int]) -> dict:
 
 
 def subscriptions(workdir: Path, count: int, sessions: int = 50) -> dict:
-    from onionproto import Subscribe, crypto
+    from onionpost.proto import Subscribe, crypto
 
     keys = [crypto.signing_keypair() for _ in range(count)]
     node = NodeProcess.init(workdir / "subs-node")

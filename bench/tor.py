@@ -55,7 +55,7 @@ def split(values: list[float]) -> dict:
 async def bare_http(onion: str, socks_port: int, circuits: int) -> dict:
     from aiohttp_socks import ProxyConnector, ProxyType
 
-    from torconfig.socks import isolation_credentials
+    from onionpost.torconfig.socks import isolation_credentials
 
     firsts, rtts, block_rtts = [], [], []
     for i in range(circuits):
@@ -91,9 +91,9 @@ def split_plain(values: list[float]) -> dict:
 
 
 async def relay_ping(address, socks_port: int, sessions: int) -> dict:
-    from onionproto import Ping
-    from transport import RelayLink
-    from transport.tor import TorConnector
+    from onionpost.proto import Ping
+    from onionpost.transport import RelayLink
+    from onionpost.transport.tor import TorConnector
 
     connector = TorConnector(socks_port=socks_port)
     connects, rtts = [], []
@@ -112,7 +112,7 @@ async def relay_ping(address, socks_port: int, sessions: int) -> dict:
 
 
 async def _ping_rtt(link, n: int = 5) -> float:
-    from onionproto import Ping
+    from onionpost.proto import Ping
 
     per = []
     for _ in range(n):
@@ -123,10 +123,10 @@ async def _ping_rtt(link, n: int = 5) -> float:
 
 
 async def delivery(a_address, b_address, socks_port: int, trials: int, messages: int = 5) -> dict:
-    from onionproto import Ack, Forward, Message, New, Ok, SecureQueue, Send, Subscribe, crypto, forward
-    from onionproto.delivery import open_message
-    from transport import RelayLink
-    from transport.tor import TorConnector
+    from onionpost.proto import Ack, Forward, Message, New, Ok, SecureQueue, Send, Subscribe, crypto, forward
+    from onionpost.proto.delivery import open_message
+    from onionpost.transport import RelayLink
+    from onionpost.transport.tor import TorConnector
 
     from .loadgen import make_pool
 
@@ -204,8 +204,8 @@ async def delivery(a_address, b_address, socks_port: int, trials: int, messages:
 async def _measure(host_tor, client_tor, workdir: Path, quick: bool) -> dict:
     from aiohttp import web
 
-    from onionproto import NodeAddress
-    from torconfig.control import TorControl
+    from onionpost.proto import NodeAddress
+    from onionpost.torconfig.control import TorControl
 
     async def ping(request):
         return web.Response(text="pong")
@@ -254,9 +254,9 @@ async def _measure(host_tor, client_tor, workdir: Path, quick: bool) -> dict:
 
 
 def run(quick: bool, workdir: Path) -> Result:
-    from torconfig.errors import TorError
-    from torconfig.launch import start_client_and_host
-    from torconfig.testnet import PrivateTorNetwork
+    from onionpost.torconfig.errors import TorError
+    from onionpost.torconfig.launch import start_client_and_host
+    from onionpost.torconfig.testnet import PrivateTorNetwork
 
     result = Result("tor")
     if not shutil.which("tor") and not Path("/usr/sbin/tor").exists() or not shutil.which("tor-gencert"):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import msgpack
 
-from onionproto import AddressError, parse_node_address
-from transport import Connector, LinkClosed, RelayError
+from onionpost.proto import AddressError, parse_node_address
+from onionpost.transport import Connector, LinkClosed, RelayError
 
 from . import e2e, payloads
 from .db import Database

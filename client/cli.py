@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import platformdirs
 import typer
 
-from onionproto import parse_node_address
+from onionpost.proto import parse_node_address
 
 from . import e2e
 from .agent import Agent, AgentError
@@ -518,7 +518,16 @@ def _async(func):
     return run
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"onionpost {version('onionpost')}")
+        raise typer.Exit()
+
+
 def _root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_show_version, help="Show the version and exit.")] = False,
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,

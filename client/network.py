@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onionproto import (
+from onionpost.proto import (
     Ack,
     Delete,
     Forward,
@@ -31,15 +31,12 @@ from onionproto import (
     forward,
     parse_node_address,
 )
-from onionproto.delivery import open_message
-from onionproto.frames import Error, SubscriptionEnded
-from transport import Connector, DirectConnector, LinkClosed, RelayError, RelayLink
+from onionpost.proto.delivery import open_message
+from onionpost.proto.frames import Error, SubscriptionEnded
+from onionpost.transport import Connector, DirectConnector, LinkClosed, RelayError, RelayLink
+from onionpost.transport.retry import FIRST_BACKOFF, next_backoff
 
 from .queues import InboundQueue, OutboundQueue
-
-
-MAX_BACKOFF = 20.0
-"""Most seconds between two attempts to reach a relay whose queues could not be subscribed."""
 
 
 @dataclass(frozen=True)
@@ -188,9 +185,9 @@ class Network:
         except (LinkClosed, RelayError, OSError, asyncio.TimeoutError):
             # Back off per relay: 0.5 s, 1 s, 2 s ... up to 20 s between rounds of attempts
             # (one step per round, however many of its queues failed in it).
-            next_try, delay = self._retry_at.get(queue.relay, (0.0, 0.5))
+            next_try, delay = self._retry_at.get(queue.relay, (0.0, FIRST_BACKOFF))
             if now >= next_try:
-                self._retry_at[queue.relay] = (now + delay, min(delay * 2, MAX_BACKOFF))
+                self._retry_at[queue.relay] = (now + delay, next_backoff(delay))
             raise
         self._retry_at.pop(queue.relay, None)
 
@@ -206,7 +203,7 @@ class Network:
         for queue in self._subscriptions.values():
             key = f"{self.tag_of(queue)}@{queue.relay}"
             link = self._links.get(key)
-            if (link is None or not link.is_open) and now >= self._retry_at.get(queue.relay, (0.0, 0.5))[0]:
+            if (link is None or not link.is_open) and now >= self._retry_at.get(queue.relay, (0.0, FIRST_BACKOFF))[0]:
                 due.setdefault(key, queue)
         results = await asyncio.gather(*(self.subscribe(queue) for queue in due.values()), return_exceptions=True)
         for result in results:

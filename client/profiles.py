@@ -8,7 +8,7 @@ Nothing about a profile is registered anywhere.
 import time
 from dataclasses import dataclass
 
-from onionproto import AddressError, parse_node_address
+from onionpost.proto import AddressError, parse_node_address
 
 from .db import Database
 

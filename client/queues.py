@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import msgpack
 
-from onionproto import crypto
+from onionpost.proto import crypto
 
 
 @dataclass(frozen=True)

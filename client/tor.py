@@ -17,10 +17,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from torconfig import TorError
-from torconfig.control import TorControl
-from torconfig.launch import TorProcess, start_tor
-from transport.tor import TorConnector
+from onionpost.torconfig import TorError
+from onionpost.torconfig.control import TorControl
+from onionpost.torconfig.launch import TorProcess, start_tor
+from onionpost.torconfig.progress import print_progress
+from onionpost.transport.tor import TorConnector
 
 ISOLATION_MODES = ("queue", "contact", "profile")
 
@@ -38,15 +39,6 @@ def parse_host_port(text: str, what: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{what} must be [HOST:]PORT, got {text!r}")
     return host, int(port)
-
-
-def print_progress(summary: str, percent: float) -> None:
-    """Bootstrap progress on stderr: one updating line on a terminal, else a line per step."""
-    line = f"Tor: {percent:3.0f}% {summary}"
-    if sys.stderr.isatty():
-        print(f"\r{line:<70}", end="" if percent < 100 else "\n", file=sys.stderr, flush=True)
-    else:
-        print(line, file=sys.stderr, flush=True)
 
 
 class ClientTor:

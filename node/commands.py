@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from onionproto import (
+from onionpost.proto import (
     Ack,
     AddressError,
     Delete,
@@ -36,7 +36,7 @@ from onionproto import (
     Transmission,
     parse_node_address,
 )
-from onionproto import crypto, forward
+from onionpost.proto import crypto, forward
 
 from .committer import Committer, internal_error
 from .connection import Slot, error

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from onionproto import Error, ErrorCode
+from onionpost.proto import Error, ErrorCode
 
 from .mailbox import Refused
 from .store import QueueStore

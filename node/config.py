@@ -12,9 +12,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from onionproto import AddressError
-from onionproto.address import check_host
-from onionproto.versions import MAX_ACCESS_KEY_LENGTH
+from onionpost.proto import AddressError
+from onionpost.proto.address import check_host
+from onionpost.proto.versions import MAX_ACCESS_KEY_LENGTH
 
 DEFAULT_HOST = "127.0.0.1"
 DAY = 86400

@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Iterable
 import aiohttp
 from aiohttp import web
 
-from onionproto import (
+from onionpost.proto import (
     BLOCK_SIZE,
     NEED_DATA,
     CommandReceived,

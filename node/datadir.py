@@ -12,10 +12,10 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from onionproto import NodeAddress
-from onionproto import crypto
+from onionpost.proto import NodeAddress
+from onionpost.proto import crypto
 
-from torconfig.onion_keys import onion_address_of_key
+from onionpost.torconfig.onion_keys import onion_address_of_key
 
 from .config import ConfigError, NodeConfig, OnionConfig, check_access_key, parse_listen
 

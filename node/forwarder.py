@@ -10,8 +10,8 @@ import asyncio
 import logging
 import time
 
-from onionproto import Error, ErrorCode, ForwardResult, NodeAddress, RelayForward, RelayForwardResult, Response
-from transport import Connector, DirectConnector, LinkClosed, RelayLink
+from onionpost.proto import Error, ErrorCode, ForwardResult, NodeAddress, RelayForward, RelayForwardResult, Response
+from onionpost.transport import Connector, DirectConnector, LinkClosed, RelayLink
 
 log = logging.getLogger(__name__)
 

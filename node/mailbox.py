@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onionproto import Error, ErrorCode, Message, NoMessage, Ok, QueueIds, Transmission
-from onionproto import crypto, delivery, forward
-from onionproto.errors import RemoteProtocolError
-from onionproto.versions import QUEUE_ID_SIZE
+from onionpost.proto import Error, ErrorCode, Message, NoMessage, Ok, QueueIds, Transmission
+from onionpost.proto import crypto, delivery, forward
+from onionpost.proto.errors import RemoteProtocolError
+from onionpost.proto.versions import QUEUE_ID_SIZE
 
 from .config import NodeConfig
 from .store import QueueRecord, QueueStore

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from torconfig import TorError, process
-from torconfig.control import TorControl
-from torconfig.launch import START_TIMEOUT, TorProcess, start_tor
-from torconfig.onion_keys import onion_address_of_key
+from onionpost.torconfig import TorError, process
+from onionpost.torconfig.control import TorControl
+from onionpost.torconfig.launch import START_TIMEOUT, TorProcess, start_tor
+from onionpost.torconfig.onion_keys import onion_address_of_key
+from onionpost.torconfig.progress import print_progress
 
 from .datadir import DataDir
 
@@ -117,16 +118,6 @@ class TorOptions:
         if self.testnet is not None:
             return ["--testnet (or ONIONPOST_TESTNET) is ignored with --tor-control: the existing tor decides which network it joins"]
         return []
-
-
-def print_progress(summary: str, percent: float) -> None:
-    """Tor's bootstrap on stderr: one updating bar on a terminal, else a line per step."""
-    filled = int(max(0.0, min(percent, 100.0)) / 5)
-    line = f"tor [{'#' * filled:<20}] {percent:3.0f}% {summary}"
-    if sys.stderr.isatty():
-        print(f"\r{line[:78]:<78}", end="\n" if percent >= 100 else "", file=sys.stderr, flush=True)
-    else:
-        print(line, file=sys.stderr, flush=True)
 
 
 def port_target(host: str, port: int) -> int | str:

@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from onionproto import NodeAddress, NodeSession
-from onionproto import crypto
-from transport import Connector
-from transport.connector import MAX_MESSAGE, WEBSOCKET_PATH
-from transport.tor import TorConnector
+from onionpost.proto import NodeAddress, NodeSession
+from onionpost.proto import crypto
+from onionpost.transport import Connector
+from onionpost.transport.connector import MAX_MESSAGE, WEBSOCKET_PATH
+from onionpost.transport.tor import TorConnector
 
 from .commands import Dispatcher
 from .committer import Committer

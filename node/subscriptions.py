@@ -8,7 +8,7 @@ the event loop, in memory: subscriptions end with their session.
 from dataclasses import dataclass
 from typing import Hashable
 
-from onionproto import Message
+from onionpost.proto import Message
 
 
 @dataclass(slots=True)

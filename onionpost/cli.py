@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from client.cli import register as register_client
-from node.cli import app as node_app
-from torconfig.cli import app as testnet_app
+from onionpost.client.cli import register as register_client
+from onionpost.node.cli import app as node_app
+from onionpost.torconfig.cli import app as testnet_app
 
 app = typer.Typer(
     name="onionpost",

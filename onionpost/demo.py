@@ -20,13 +20,13 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from client.agent import Agent
-from client.db import open_database
-from client.profiles import add_relay, create_profile
-from client.qr import qr_png, qr_terminal, read_qr_image
-from client.tor import ClientTor, TorSettings
-from torconfig.socks import isolation_credentials
-from torconfig.testnet import DEFAULT_RELAYS, PrivateTorNetwork
+from onionpost.client.agent import Agent
+from onionpost.client.db import open_database
+from onionpost.client.profiles import add_relay, create_profile
+from onionpost.client.qr import qr_png, qr_terminal, read_qr_image
+from onionpost.client.tor import ClientTor, TorSettings
+from onionpost.torconfig.socks import isolation_credentials
+from onionpost.torconfig.testnet import DEFAULT_RELAYS, PrivateTorNetwork
 
 MESSAGES = [
     ("alice", "Hi Bob, this came through two onion relays."),

@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the workloads in bench/ are not installed; onionpost itself is
 
 from bench import crypto, prosody, relay, report, scale, tor  # noqa: E402
 from bench.common import Result, Skipped  # noqa: E402

@@ -22,15 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.network import Network, TrustedRelay  # noqa: E402
-from client.tor import ISOLATION_MODES  # noqa: E402
-from onionpost.demo import RelayProcess  # noqa: E402
-from torconfig.control import TorControl  # noqa: E402
-from torconfig.launch import start_tor  # noqa: E402
-from torconfig.testnet import PrivateTorNetwork  # noqa: E402
-from transport.tor import TorConnector  # noqa: E402
+from onionpost.client.network import Network, TrustedRelay
+from onionpost.client.tor import ISOLATION_MODES
+from onionpost.demo import RelayProcess
+from onionpost.torconfig.control import TorControl
+from onionpost.torconfig.launch import start_tor
+from onionpost.torconfig.testnet import PrivateTorNetwork
+from onionpost.transport.tor import TorConnector
 
 
 def rss_kib(pid: int) -> int:

@@ -11,14 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from onionproto import New, Ping, Pong, QueueIds, Send, crypto, forward  # noqa: E402
-from onionproto.block import unpad  # noqa: E402
-from onionproto.delivery import seal_message  # noqa: E402
-from onionproto.session import ClientSession, NodeSession  # noqa: E402
-from onionproto.testing import DeterministicRng  # noqa: E402
-from onionproto.versions import BLOCK_SIZE, SEALED_CONTENT_SIZE  # noqa: E402
+from onionpost.proto import New, Ping, Pong, QueueIds, Send, crypto, forward
+from onionpost.proto.block import unpad
+from onionpost.proto.delivery import seal_message
+from onionpost.proto.session import ClientSession, NodeSession
+from onionpost.proto.testing import DeterministicRng
+from onionpost.proto.versions import BLOCK_SIZE, SEALED_CONTENT_SIZE
 
 PATH = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "relay-v1.json"
 NOW = 1_800_000_000

@@ -3,6 +3,6 @@
 The only package of the project that imports stem.
 """
 
-from torconfig.errors import ControlError, TorError
+from onionpost.torconfig.errors import ControlError, TorError
 
 __all__ = ["ControlError", "TorError"]

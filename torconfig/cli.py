@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-import click
 import typer
 
-from torconfig.testnet import DEFAULT_RELAYS, PrivateTorNetwork
+from onionpost.torconfig.progress import print_progress
+from onionpost.torconfig.testnet import DEFAULT_RELAYS, PrivateTorNetwork
 
 app = typer.Typer(
     help="Run a private Tor network (3 directory authorities + relays) on 127.0.0.1.",
@@ -62,12 +62,7 @@ def up(directory: Path = DirOption,
     start = time.monotonic()
     with _errors("interrupted; the network was stopped"):
         network = PrivateTorNetwork(directory, relays)
-        with click.progressbar(length=100, label="starting", file=sys.stderr, show_eta=False) as bar:
-            def progress(message: str, percent: float) -> None:
-                bar.label = f"{message:<32}"
-                bar.update(max(0, int(percent) - bar.pos))
-
-            status = network.up(progress)
+        status = network.up(lambda message, percent: print_progress(message, percent, label="testnet"))
     typer.echo(_summary(status))
     typer.echo(f"usable after {time.monotonic() - start:.1f} s")
 

@@ -1,6 +1,7 @@
 """A thin async layer over stem's blocking Controller (run in threads)."""
 
 import asyncio
+import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -13,8 +14,12 @@ import stem.connection
 import stem.control
 from stem.control import EventType, Signal
 
-from torconfig import onion_keys
-from torconfig.errors import ControlError
+from onionpost.torconfig import onion_keys
+from onionpost.torconfig.errors import ControlError
+
+# stem sets its own logger to TRACE and logs every control message (and a line per
+# closed control socket): keep what it says below WARNING out of our logs and test output.
+logging.getLogger("stem").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 PUBLISH_TIMEOUT = 90.0

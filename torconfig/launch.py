@@ -14,10 +14,10 @@ import stem.connection
 import stem.control
 from stem.control import Listener
 
-from torconfig import process, testnet
-from torconfig.control import parse_bootstrap_phase
-from torconfig.errors import TorError
-from torconfig.torrc import render_torrc
+from onionpost.torconfig import process, testnet
+from onionpost.torconfig.control import parse_bootstrap_phase
+from onionpost.torconfig.errors import TorError
+from onionpost.torconfig.torrc import render_torrc
 
 Progress = Callable[[str, float], None]
 START_TIMEOUT = 120.0

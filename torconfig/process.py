@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from torconfig.errors import TorError
+from onionpost.torconfig.errors import TorError
 
 STOP_TIMEOUT = 5.0
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from torconfig import process
-from torconfig.errors import TorError
-from torconfig.torrc import render_join, render_torrc
+from onionpost.torconfig import process
+from onionpost.torconfig.errors import TorError
+from onionpost.torconfig.torrc import render_join, render_torrc
 
 Progress = Callable[[str, float], None]
 

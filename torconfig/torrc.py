@@ -18,7 +18,7 @@ ROLES = TESTNET_ROLES + ("real_client",)
 
 def template_text(name: str) -> str:
     """Return the raw text of ``templates/<name>.torrc``."""
-    return resources.files("torconfig").joinpath("templates", f"{name}.torrc").read_text()
+    return resources.files(__package__).joinpath("templates", f"{name}.torrc").read_text()
 
 
 def _check(key: str, value: object) -> str:

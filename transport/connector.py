@@ -9,7 +9,7 @@ from typing import Protocol
 
 import aiohttp
 
-from onionproto import BLOCK_SIZE, NodeAddress
+from onionpost.proto import BLOCK_SIZE, NodeAddress
 
 WEBSOCKET_PATH = "/onionpost"
 """HTTP path of the relay WebSocket (docs/protocol/relay.md, "Transport")."""

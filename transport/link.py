@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 
-from onionproto import (
+from onionpost.proto import (
     NEED_DATA,
     BLOCK_SIZE,
     ClientSession,

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyTimeoutError, ProxyType
 
-from onionproto import NodeAddress
-from torconfig.socks import isolation_credentials
+from onionpost.proto import NodeAddress
+from onionpost.torconfig.socks import isolation_credentials
 
 from .connector import DirectConnector, open_websocket
 

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-from relay_helpers import NodeProcess  # noqa: E402
-
-from client.agent import Agent  # noqa: E402
-from client.db import open_database  # noqa: E402
-from client.profiles import add_relay, create_profile  # noqa: E402
+from onionpost.client.agent import Agent
+from onionpost.client.db import open_database
+from onionpost.client.profiles import add_relay, create_profile
+from tests.integration.relay_helpers import NodeProcess
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"
@@ -48,7 +46,7 @@ class Person:
         db.close()
 
     def agent(self) -> Agent:
-        from client.profiles import get_profile
+        from onionpost.client.profiles import get_profile
 
         db = open_database(self.home, PASSWORD, create=False)
         return Agent(db, get_profile(db, self.name), timeout=10)
@@ -86,9 +84,9 @@ async def start_in_process(data_dir: Path, patch=None):
     """Serve a node data directory in this process (so a test can patch or watch it); returns the runner."""
     from aiohttp import web
 
-    from node.datadir import DataDir
-    from node.server import NODE_KEY, make_app
-    from node.store import SQLiteQueueStore
+    from onionpost.node.datadir import DataDir
+    from onionpost.node.server import NODE_KEY, make_app
+    from onionpost.node.store import SQLiteQueueStore
 
     data = DataDir(data_dir)
     config = data.load_config()

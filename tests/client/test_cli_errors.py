@@ -73,7 +73,7 @@ def test_bad_relay_addresses(person):
 
 
 def test_unreachable_relay(tmp_path):
-    from relay_helpers import NodeProcess
+    from tests.integration.relay_helpers import NodeProcess
 
     stopped = NodeProcess.create(tmp_path / "stopped")  # initialised, never started
     lonely = Person(tmp_path / "lonely", "lonely", [stopped])

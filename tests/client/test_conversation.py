@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from client.db import open_database
+from onionpost.client.db import open_database
 
 from .conftest import PASSWORD, REPO, Person, close_agent, connect_pair
 
@@ -167,7 +167,7 @@ async def test_rotation_moves_to_fresh_queues_without_losing_messages_in_flight(
         assert [text for _, text in received] == ["in flight 1", "in flight 2", "on the new queue"]
         new_inbound = a.db.fetch_one("SELECT inbound, next_inbound FROM contacts WHERE alias = ?", (bob_alias,))
         assert new_inbound[1] is None and new_inbound[0] != old_inbound  # the rotation completed
-        from client.queues import InboundQueue
+        from onionpost.client.queues import InboundQueue
 
         old, new = InboundQueue.from_bytes(old_inbound), InboundQueue.from_bytes(new_inbound[0])
         assert new.relay == new_relay != old.relay  # moved to Alice's other relay

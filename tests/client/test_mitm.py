@@ -3,8 +3,8 @@
 import dataclasses
 
 import pytest
-from client.e2e import create_invitation, create_request
-from onionproto import Send
+from onionpost.client.e2e import create_invitation, create_request
+from onionpost.proto import Send
 
 from .conftest import Person, close_agent, start_in_process
 
@@ -38,7 +38,7 @@ def flip_bits(body: bytes) -> bytes:
 @pytest.mark.parametrize("rewrite", [substitute_request, flip_bits])
 async def test_rewritten_connection_request_is_refused(tmp_path, nodes, rewrite):
     honest = nodes("honest")
-    from relay_helpers import NodeProcess
+    from tests.integration.relay_helpers import NodeProcess
 
     evil_node = NodeProcess.create(tmp_path / "evil")
     runner = await start_rewriting_node(evil_node.data_dir, rewrite)
@@ -62,7 +62,7 @@ async def test_rewritten_connection_request_is_refused(tmp_path, nodes, rewrite)
 @pytest.mark.timeout(60)
 async def test_rewritten_accept_is_refused(tmp_path, nodes):
     honest = nodes("honest")
-    from relay_helpers import NodeProcess
+    from tests.integration.relay_helpers import NodeProcess
 
     evil_node = NodeProcess.create(tmp_path / "evil")
     runner = await start_rewriting_node(evil_node.data_dir, flip_bits)

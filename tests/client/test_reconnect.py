@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from client.network import Network, TrustedRelay
-from client.queues import OutboundQueue, new_sender_key
-from transport import DirectConnector
+from onionpost.client.network import Network, TrustedRelay
+from onionpost.client.queues import OutboundQueue, new_sender_key
+from onionpost.transport import DirectConnector
 
 
 class Gate:

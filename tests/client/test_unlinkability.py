@@ -10,7 +10,7 @@ import sqlite3
 from collections import defaultdict
 
 import pytest
-from relay_helpers import NodeProcess
+from tests.integration.relay_helpers import NodeProcess
 
 from .conftest import Person, close_agent, connect_pair, start_in_process
 

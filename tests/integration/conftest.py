@@ -2,7 +2,7 @@
 
 import pytest
 
-from relay_helpers import NodeProcess
+from tests.integration.relay_helpers import NodeProcess
 
 
 def _finish(nodes: list[NodeProcess]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from onionproto import (
+from onionpost.proto import (
     BLOCK_SIZE,
     NEED_DATA,
     ClientSession,
@@ -28,8 +28,8 @@ from onionproto import (
     SecureQueue,
     parse_node_address,
 )
-from onionproto import crypto
-from transport.connector import WEBSOCKET_PATH
+from onionpost.proto import crypto
+from onionpost.transport.connector import WEBSOCKET_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 

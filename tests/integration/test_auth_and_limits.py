@@ -2,7 +2,7 @@
 
 import pytest
 
-from onionproto import (
+from onionpost.proto import (
     Ack,
     Delete,
     Error,
@@ -16,8 +16,8 @@ from onionproto import (
     Subscribe,
     Suspend,
 )
-from onionproto import crypto
-from relay_helpers import RawClient, new_queue
+from onionpost.proto import crypto
+from tests.integration.relay_helpers import RawClient, new_queue
 
 pytestmark = pytest.mark.timeout(60)
 

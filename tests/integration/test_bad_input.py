@@ -8,10 +8,10 @@ import aiohttp
 import msgpack
 import pytest
 
-from onionproto import BLOCK_SIZE, MAX_BODY, Command, Error, ErrorCode, Forward, Get, Ok, Ping, Pong, RelayForward, Send
-from onionproto.block import unpad
-from onionproto.frames import decode_response, encode_body, packb
-from relay_helpers import RawClient, new_queue
+from onionpost.proto import BLOCK_SIZE, MAX_BODY, Command, Error, ErrorCode, Forward, Get, Ok, Ping, Pong, RelayForward, Send
+from onionpost.proto.block import unpad
+from onionpost.proto.frames import decode_response, encode_body, packb
+from tests.integration.relay_helpers import RawClient, new_queue
 
 pytestmark = pytest.mark.timeout(60)
 

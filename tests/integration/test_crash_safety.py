@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from onionproto import Ack, Get, NoMessage, Ok, Send
-from onionproto import delivery
-from relay_helpers import new_queue
-from transport import LinkClosed, RelayLink
+from onionpost.proto import Ack, Get, NoMessage, Ok, Send
+from onionpost.proto import delivery
+from tests.integration.relay_helpers import new_queue
+from onionpost.transport import LinkClosed, RelayLink
 
 KILLS = 5
 BATCH = 16

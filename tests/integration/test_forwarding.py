@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from node.datadir import free_port
-from onionproto import Ack, Error, ErrorCode, Forward, ForwardResult, Get, Message, NodeAddress, NoMessage, Ok, Send, Subscribe
-from onionproto import delivery, forward
-from onionproto.frames import packb, unpackb
-from relay_helpers import RawClient, new_queue
+from onionpost.node.datadir import free_port
+from onionpost.proto import Ack, Error, ErrorCode, Forward, ForwardResult, Get, Message, NodeAddress, NoMessage, Ok, Send, Subscribe
+from onionpost.proto import delivery, forward
+from onionpost.proto.frames import packb, unpackb
+from tests.integration.relay_helpers import RawClient, new_queue
 
 pytestmark = pytest.mark.timeout(90)
 

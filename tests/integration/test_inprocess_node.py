@@ -9,16 +9,16 @@ import tracemalloc
 import pytest
 from aiohttp import web
 
-from node.config import NodeConfig
-from node.datadir import Identity
-from node.server import CHECKPOINT_EVERY, NODE_KEY, make_app
-from node.store import SQLiteQueueStore, read_counts
-from onionproto import (
+from onionpost.node.config import NodeConfig
+from onionpost.node.datadir import Identity
+from onionpost.node.server import CHECKPOINT_EVERY, NODE_KEY, make_app
+from onionpost.node.store import SQLiteQueueStore, read_counts
+from onionpost.proto import (
     BLOCK_SIZE, Ack, Delete, Error, ErrorCode, Forward, Get, Message, NodeAddress, NoMessage, Ok, Ping, Pong, Send, Subscribe,
 )
-from onionproto import delivery, forward
-from relay_helpers import RawClient, id_forms, new_queue
-from transport import DirectConnector
+from onionpost.proto import delivery, forward
+from tests.integration.relay_helpers import RawClient, id_forms, new_queue
+from onionpost.transport import DirectConnector
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from onionproto import Ok, Subscribe, parse_node_address
-from relay_helpers import REPO, NodeProcess, RawClient, new_queue, run_cli, wait_for
+from onionpost.proto import Ok, Subscribe, parse_node_address
+from tests.integration.relay_helpers import REPO, NodeProcess, RawClient, new_queue, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from onionproto import (
+from onionpost.proto import (
     Ack,
     Delete,
     ErrorCode,
@@ -19,9 +19,9 @@ from onionproto import (
     SubscriptionEnded,
     Suspend,
 )
-from onionproto import delivery
-from relay_helpers import RawClient, new_queue
-from transport import RelayError, RelayLink
+from onionpost.proto import delivery
+from tests.integration.relay_helpers import RawClient, new_queue
+from onionpost.transport import RelayError, RelayLink
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,7 +55,7 @@ async def test_full_life_cycle(shared_node):
         # Connection request path: an unsigned SEND before the queue is secured.
         request_body = b"connection request carrying the sender key"
         assert isinstance(await sender.request(Send(body=request_body), q.snd, None), Ok)
-        from onionproto import crypto, SecureQueue
+        from onionpost.proto import crypto, SecureQueue
 
         q.skey, q.ssecret = crypto.signing_keypair()
         assert isinstance(await recipient.request(SecureQueue(skey=q.skey), q.rid, q.rsecret), Ok)

@@ -5,10 +5,10 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from tor_helpers import assert_all_stopped, private_network
-from torconfig.control import TorControl
-from torconfig.launch import TorProcess, start_client_and_host
-from torconfig.testnet import PrivateTorNetwork
+from tests.tor.tor_helpers import assert_all_stopped, private_network
+from onionpost.torconfig.control import TorControl
+from onionpost.torconfig.launch import TorProcess, start_client_and_host
+from onionpost.torconfig.testnet import PrivateTorNetwork
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from tor_helpers import require_tor
-from torconfig import ControlError, process
-from torconfig.control import TorControl
+from tests.tor.tor_helpers import require_tor
+from onionpost.torconfig import ControlError, process
+from onionpost.torconfig.control import TorControl
 
 pytestmark = pytest.mark.tor
 

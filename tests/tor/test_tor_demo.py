@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from onionpost.demo import MESSAGES
-from torconfig import process
+from onionpost.torconfig import process
 
 pytestmark = pytest.mark.tor
 

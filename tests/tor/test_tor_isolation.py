@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from tor_helpers import fetch, socks_session
-from torconfig.socks import isolation_credentials
+from tests.tor.tor_helpers import fetch, socks_session
+from onionpost.torconfig.socks import isolation_credentials
 
 pytestmark = pytest.mark.tor
 

@@ -8,10 +8,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from tor_helpers import assert_all_stopped, require_tor
-from torconfig import process
-from torconfig.cli import app
-from torconfig.testnet import PrivateTorNetwork
+from tests.tor.tor_helpers import assert_all_stopped, require_tor
+from onionpost.torconfig import process
+from onionpost.torconfig.cli import app
+from onionpost.torconfig.testnet import PrivateTorNetwork
 
 pytestmark = pytest.mark.tor
 

@@ -4,9 +4,9 @@ import threading
 
 import pytest
 
-from torconfig import TorError, process
-from torconfig.launch import start_tor
-from torconfig.testnet import AUTHORITIES
+from onionpost.torconfig import TorError, process
+from onionpost.torconfig.launch import start_tor
+from onionpost.torconfig.testnet import AUTHORITIES
 
 pytestmark = pytest.mark.tor
 

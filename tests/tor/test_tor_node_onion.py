@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from onionproto import Ack, ErrorCode, Forward, ForwardResult, Get, Message, New, NodeAddress, Ok, SecureQueue, Send
-from onionproto import crypto, delivery, forward, parse_node_address
-from tor_helpers import assert_all_stopped
-from torconfig import onion_keys, process
-from torconfig.control import TorControl
-from transport import RelayError, RelayLink
-from transport.tor import TorConnector
+from onionpost.proto import Ack, ErrorCode, Forward, ForwardResult, Get, Message, New, NodeAddress, Ok, SecureQueue, Send
+from onionpost.proto import crypto, delivery, forward, parse_node_address
+from onionpost.torconfig import onion_keys, process
+from onionpost.torconfig.control import TorControl
+from onionpost.transport import RelayError, RelayLink
+from onionpost.transport.retry import retrying
+from onionpost.transport.tor import TorConnector
+from tests.tor.tor_helpers import assert_all_stopped
 
 pytestmark = pytest.mark.tor
 
@@ -158,11 +159,15 @@ def network_args(tor_network) -> list[str]:
     return ["--testnet", str(tor_network.directory)]
 
 
-async def connect(address: NodeAddress, client_tor, tag: str, attempts: int = 1) -> tuple[RelayLink, float]:
-    """A RelayLink through the client tor (one circuit per tag); return it and the seconds it took."""
+async def connect(address: NodeAddress, client_tor, tag: str, *, control: TorControl | None = None,
+                  within: float = 240.0) -> tuple[RelayLink, float]:
+    """A RelayLink through the client tor (one circuit per tag), retried as the client retries
+    (backoff, and NEWNYM through ``control`` when the onion is unreachable); return it and the seconds it took."""
     started = time.monotonic()
-    link = await RelayLink.connect(address, connector=TorConnector(socks_port=client_tor.socks_port),
-                                   isolation=tag, timeout=90.0)
+    connector = TorConnector(socks_port=client_tor.socks_port,
+                             on_unreachable=control.new_identity if control is not None else None)
+    link = await retrying(lambda: RelayLink.connect(address, connector=connector, isolation=tag, timeout=90.0),
+                          within=within)
     return link, time.monotonic() - started
 
 
@@ -200,7 +205,7 @@ def status(node: OnionNode) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_round_trip_over_the_onion_and_restart_keeps_address_and_queues(tor_network, client_tor, client_control,
                                                                               onion_nodes):
     node = onion_nodes("relay")
@@ -242,7 +247,7 @@ async def test_round_trip_over_the_onion_and_restart_keeps_address_and_queues(to
     # The client tor may still hold the old descriptor (introduction points of the stopped tor);
     # the onionpost client asks for NEWNYM when an onion is unreachable, the test does it at once.
     await client_control.new_identity()
-    link, opened = await connect(node.address, client_tor, "after restart")
+    link, opened = await connect(node.address, client_tor, "after restart", control=client_control)
     try:
         print(f"connection after restart {opened:.2f} s")
         await get_and_ack(link, q, b"kept across the restart")

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from tor_helpers import fetch, socks_session
-from torconfig import onion_keys
-from torconfig.socks import isolation_credentials
+from tests.tor.tor_helpers import fetch, socks_session
+from onionpost.torconfig import onion_keys
+from onionpost.torconfig.socks import isolation_credentials
 
 pytestmark = pytest.mark.tor
 

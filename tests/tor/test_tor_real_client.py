@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-from tor_helpers import require_tor
-from torconfig import process
-from torconfig.torrc import render_torrc
+from tests.tor.tor_helpers import require_tor
+from onionpost.torconfig import process
+from onionpost.torconfig.torrc import render_torrc
 
 pytestmark = pytest.mark.tor
 

@@ -14,9 +14,9 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from tor_helpers import private_network
-from torconfig.cli import app as network_cli
-from workflow_helpers import clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, texts
+from tests.tor.tor_helpers import private_network
+from onionpost.torconfig.cli import app as network_cli
+from tests.tor.workflow_helpers import clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, texts
 
 pytestmark = pytest.mark.tor
 RECOVERY_DEADLINE = 240.0

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from torconfig.socks import isolation_credentials
-from workflow_helpers import clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, texts
+from onionpost.torconfig.socks import isolation_credentials
+from tests.tor.workflow_helpers import clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, texts
 
 pytestmark = pytest.mark.tor
 

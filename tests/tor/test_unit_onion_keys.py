@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from torconfig import onion_keys
+from onionpost.torconfig import onion_keys
 
 # RFC 8032, section 7.1, test 1.
 RFC_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")

@@ -4,8 +4,8 @@ import socket
 
 import pytest
 
-from onionproto import NodeAddress
-from transport.tor import REFRESH_INTERVAL, TorConnector
+from onionpost.proto import NodeAddress
+from onionpost.transport.tor import REFRESH_INTERVAL, TorConnector
 
 ONION = NodeAddress(bytes(32), "a" * 56 + ".onion", 80)
 

@@ -5,10 +5,10 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from torconfig import socks, torrc
-from torconfig.cli import app
-from torconfig.errors import TorError
-from torconfig.launch import start_tor
+from onionpost.torconfig import socks, torrc
+from onionpost.torconfig.cli import app
+from onionpost.torconfig.errors import TorError
+from onionpost.torconfig.launch import start_tor
 
 DIR_AUTH = "DirAuthority auth0 orport=5000 no-v2 v3ident=AA 127.0.0.1:5001 BB"
 VALUES = {

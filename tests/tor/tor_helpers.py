@@ -10,9 +10,9 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout
 from aiohttp_socks import ProxyConnector, ProxyType
 
-from torconfig import process
-from torconfig.launch import TorProcess
-from torconfig.testnet import PrivateTorNetwork
+from onionpost.torconfig import process
+from onionpost.torconfig.launch import TorProcess
+from onionpost.torconfig.testnet import PrivateTorNetwork
 
 
 def require_tor() -> None:

@@ -7,12 +7,12 @@ test (on a network of its own, since it kills one of its relays).
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-from client.agent import Agent
-from client.db import open_database
-from client.profiles import add_relay, create_profile, get_profile
-from client.tor import ClientTor, TorSettings
+from onionpost.client.agent import Agent
+from onionpost.client.db import open_database
+from onionpost.client.profiles import add_relay, create_profile, get_profile
+from onionpost.client.tor import ClientTor, TorSettings
 from onionpost.demo import RelayProcess
-from torconfig.control import TorControl
+from onionpost.torconfig.control import TorControl
 
 PASSWORD = "tor test password"
 

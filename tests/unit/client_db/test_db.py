@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from client.db import (
+from onionpost.client.db import (
     DB_NAME,
     MIGRATIONS,
     Database,

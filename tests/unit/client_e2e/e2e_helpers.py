@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from client.e2e import (
+from onionpost.client.e2e import (
     accept_request,
     complete_join,
     create_invitation,

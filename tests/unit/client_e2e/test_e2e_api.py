@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import client.e2e as e2e
-from client.e2e._crypto import hkdf
+import onionpost.client.e2e as e2e
+from onionpost.client.e2e._crypto import hkdf
 
 
 def test_exported_members():
@@ -44,13 +44,16 @@ def test_hkdf_sha512_matches_cryptography():
 
 
 def test_module_is_pure():
-    """No I/O modules are imported by client.e2e."""
+    """No I/O modules are imported by onionpost.client.e2e."""
     import sys
 
+    checked = []
     for name, module in list(sys.modules.items()):
-        if name.startswith("client.e2e"):
+        if name.startswith("onionpost.client.e2e"):
+            checked.append(name)
             source = getattr(module, "__file__", "") or ""
             if source.endswith(".py"):
                 text = open(source, encoding="utf-8").read()
                 for banned in ("import socket", "import asyncio", "import sqlite3", "open(", "aiohttp"):
                     assert banned not in text, (name, banned)
+    assert "onionpost.client.e2e.ratchet" in checked, checked

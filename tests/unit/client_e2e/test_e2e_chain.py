@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.e2e import (
+from onionpost.client.e2e import (
     GENESIS_HASH,
     ChainError,
     ReceiverChain,
@@ -16,7 +16,7 @@ from client.e2e import (
     encode_message,
     message_hash,
 )
-from client.e2e.chain import MAX_TRACKED_MISSING
+from onionpost.client.e2e.chain import MAX_TRACKED_MISSING
 
 
 def make(n, sender=None):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.e2e import (
+from onionpost.client.e2e import (
     ConnectionRequest,
     DecryptError,
     E2EError,

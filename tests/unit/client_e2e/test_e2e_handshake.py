@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import client.e2e.handshake as handshake_mod
-from client.e2e import (
+import onionpost.client.e2e.handshake as handshake_mod
+from onionpost.client.e2e import (
     E2E_MESSAGE_SIZE,
     MAX_ACCEPT_PAYLOAD,
     MAX_REQUEST_PAYLOAD,
@@ -25,8 +25,8 @@ from client.e2e import (
     ratchet_decrypt,
     ratchet_encrypt,
 )
-from client.e2e._crypto import mlkem_encapsulate
-from client.e2e.sizes import INVITATION_SIZE, MLKEM768_CIPHERTEXT_SIZE
+from onionpost.client.e2e._crypto import mlkem_encapsulate
+from onionpost.client.e2e.sizes import INVITATION_SIZE, MLKEM768_CIPHERTEXT_SIZE
 
 from .e2e_helpers import connect, flip, seeded_rng
 
@@ -135,7 +135,7 @@ def test_substituted_request_for_another_invitation_fails():
 
 def test_relay_swapping_the_ephemeral_key_cannot_redirect():
     """Replace ek_b by the relay's own key and keep the body: fails."""
-    from client.e2e._crypto import x25519_keypair
+    from onionpost.client.e2e._crypto import x25519_keypair
 
     secrets, invitation = create_invitation()
     _, request = create_request(invitation, b"q")
@@ -263,7 +263,7 @@ def test_unusable_kem_key_in_request():
 def test_request_with_invalid_kem_key_rejected_when_opened(monkeypatch):
     """A joiner (or anyone who saw the QR) sending an ML-KEM key that fails
     FIPS 203's modulus check is refused at step 3, before any user prompt."""
-    import client.e2e._crypto as crypto_mod
+    import onionpost.client.e2e._crypto as crypto_mod
 
     secrets, invitation = create_invitation()
     monkeypatch.setattr(crypto_mod, "mlkem_keypair", lambda rng: (bytes(64), b"\xff" * 1184))
@@ -317,7 +317,7 @@ def test_deterministic_handshake_with_seeded_rng_and_fixed_kem():
     """All randomness is injectable except ML-KEM encapsulation (OpenSSL);
     with that pinned, the whole transcript is reproducible."""
     probe_pending, _ = create_request(create_invitation(rng=seeded_rng(1))[1], b"", rng=seeded_rng(2))
-    from client.e2e._crypto import mlkem_public_from_seed
+    from onionpost.client.e2e._crypto import mlkem_public_from_seed
 
     pinned = mlkem_encapsulate(mlkem_public_from_seed(probe_pending.kem_seed))
 

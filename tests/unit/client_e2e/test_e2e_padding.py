@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.e2e import (
+from onionpost.client.e2e import (
     E2E_MESSAGE_SIZE,
     MAX_ACCEPT_PAYLOAD,
     MAX_MESSAGE_PLAINTEXT,
@@ -16,7 +16,7 @@ from client.e2e import (
     pad,
     unpad,
 )
-from client.e2e import sizes
+from onionpost.client.e2e import sizes
 
 
 def test_size_budget_fits_the_relay_limit():

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from client.e2e import (
+from onionpost.client.e2e import (
     E2E_MESSAGE_SIZE,
     MAX_SKIP,
     MAX_SKIPPED_TOTAL,
@@ -21,8 +21,8 @@ from client.e2e import (
     ratchet_decrypt,
     ratchet_encrypt,
 )
-from client.e2e.ratchet import init_receiver, init_sender
-from client.e2e.sizes import ENCRYPTED_HEADER_SIZE
+from onionpost.client.e2e.ratchet import init_receiver, init_sender
+from onionpost.client.e2e.sizes import ENCRYPTED_HEADER_SIZE
 
 from .e2e_helpers import connect, flip, seeded_rng
 
@@ -215,7 +215,7 @@ def test_replay_of_previous_chain_message_is_rejected(pair):
 
 def test_replay_of_first_message_of_handshake_is_rejected():
     """The accept message's ratchet part, replayed as a normal message."""
-    from client.e2e import accept_request, complete_join, create_invitation, create_request, open_request
+    from onionpost.client.e2e import accept_request, complete_join, create_invitation, create_request, open_request
 
     secrets, inv = create_invitation()
     pending, req = create_request(inv, b"q")
@@ -289,7 +289,7 @@ def test_wrong_associated_data_rejected(pair):
 
 def test_authentic_message_with_bad_padding_raises_padding_error(pair):
     a, b = pair
-    import client.e2e.ratchet as ratchet_mod
+    import onionpost.client.e2e.ratchet as ratchet_mod
 
     real_pad = ratchet_mod.pad
     try:
@@ -313,7 +313,7 @@ def test_joiner_cannot_send_before_first_message():
 def test_init_directly_sender_and_receiver_interoperate():
     rng = seeded_rng(3)
     bob_private = rng(32)
-    from client.e2e._crypto import x25519_public
+    from onionpost.client.e2e._crypto import x25519_public
 
     alice = init_sender(b"k" * 32, b"h" * 32, b"n" * 32, x25519_public(bob_private), b"a" * 64, rng=rng)
     bob = init_receiver(b"k" * 32, b"h" * 32, b"n" * 32, bob_private, b"a" * 64)
@@ -421,7 +421,7 @@ def test_deterministic_with_seeded_rng():
     def run():
         rng_a, rng_b = seeded_rng(11), seeded_rng(12)
         alice_private = rng_b(32)
-        from client.e2e._crypto import x25519_public
+        from onionpost.client.e2e._crypto import x25519_public
 
         a = init_sender(b"s" * 32, b"h" * 32, b"n" * 32, x25519_public(alice_private), b"d" * 64, rng=rng_a)
         b = init_receiver(b"s" * 32, b"h" * 32, b"n" * 32, alice_private, b"d" * 64)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from client.e2e import (
+from onionpost.client.e2e import (
     accept_request,
     codes_match,
     complete_join,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client import invitation as inv_module
-from client.invitation import (
+from onionpost.client import invitation as inv_module
+from onionpost.client.invitation import (
     INVITATION_VERSION,
     Invitation,
     InvitationError,

@@ -5,8 +5,8 @@ import pytest
 import zxingcpp
 from PIL import Image
 
-from client.invitation import format_invitation, parse_invitation
-from client.qr import QRReadError, qr_png, qr_terminal, qr_version, read_qr_image
+from onionpost.client.invitation import format_invitation, parse_invitation
+from onionpost.client.qr import QRReadError, qr_png, qr_terminal, qr_version, read_qr_image
 
 from .test_invitation import INVITATION, LINK, make_invitation
 

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from node.committer import Committer
-from node.mailbox import Refused
-from node.store import QueueRecord, SQLiteQueueStore
-from onionproto import Error, ErrorCode
+from onionpost.node.committer import Committer
+from onionpost.node.mailbox import Refused
+from onionpost.node.store import QueueRecord, SQLiteQueueStore
+from onionpost.proto import Error, ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
 

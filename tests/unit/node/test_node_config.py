@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from node.config import ConfigError, NodeConfig, Throttle, parse_listen
-from node.throttle import TokenBucket
+from onionpost.node.config import ConfigError, NodeConfig, Throttle, parse_listen
+from onionpost.node.throttle import TokenBucket
 
 
 def test_round_trip():

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from node.config import NodeConfig
-from node.mailbox import Acked, Mailbox, Refused, Relayed, Stored, Subscribed
-from node.store import SQLiteQueueStore
-from onionproto import (
+from onionpost.node.config import NodeConfig
+from onionpost.node.mailbox import Acked, Mailbox, Refused, Relayed, Stored, Subscribed
+from onionpost.node.store import SQLiteQueueStore
+from onionpost.proto import (
     Ack,
     Delete,
     Error,
@@ -25,8 +25,8 @@ from onionproto import (
     Suspend,
     Transmission,
 )
-from onionproto import crypto, delivery, forward
-from onionproto.frames import encode_body
+from onionpost.proto import crypto, delivery, forward
+from onionpost.proto.frames import encode_body
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,12 +7,12 @@ import stat
 import pytest
 from typer.testing import CliRunner
 
-from node.cli import app
-from node.config import ConfigError, NodeConfig, OnionConfig
-from node.datadir import DataDir, DataDirError
-from node.onion import NodeTorError, TorOptions, port_target, print_progress
-from onionproto import parse_node_address
-from torconfig.onion_keys import onion_address_of_key, public_key_from_address
+from onionpost.node.cli import app
+from onionpost.node.config import ConfigError, NodeConfig, OnionConfig
+from onionpost.node.datadir import DataDir, DataDirError
+from onionpost.node.onion import NodeTorError, TorOptions, port_target, print_progress
+from onionpost.proto import parse_node_address
+from onionpost.torconfig.onion_keys import onion_address_of_key, public_key_from_address
 
 
 def fixed_rng(*seeds: bytes):

@@ -3,10 +3,10 @@
 import asyncio
 import logging
 
-from node.datadir import DataDir
-from node.onion import SELF_CHECK_FAILURES, NodeTor, TorOptions
-from torconfig.errors import TorError
-from torconfig.onion_keys import onion_address_of_key
+from onionpost.node.datadir import DataDir
+from onionpost.node.onion import SELF_CHECK_FAILURES, NodeTor, TorOptions
+from onionpost.torconfig.errors import TorError
+from onionpost.torconfig.onion_keys import onion_address_of_key
 
 SEED = bytes(range(32))
 
@@ -42,7 +42,7 @@ def published_node(tmp_path, control: FakeControl) -> NodeTor:
 async def test_service_is_published_again_after_failed_checks_in_a_row(tmp_path, caplog):
     control = FakeControl([True, False, True, False, False, True])
     tor = published_node(tmp_path, control)
-    with caplog.at_level(logging.WARNING, logger="node.onion"):
+    with caplog.at_level(logging.WARNING, logger="onionpost.node.onion"):
         for _ in range(6):
             await tor._check_findable()  # noqa: SLF001
     assert SELF_CHECK_FAILURES == 2

@@ -1,7 +1,7 @@
 """Subscriptions: one subscriber per queue, one message in flight."""
 
-from node.subscriptions import Subscriptions
-from onionproto import Message
+from onionpost.node.subscriptions import Subscriptions
+from onionpost.proto import Message
 
 RID = b"r" * 24
 M1, M2, M3 = (Message(mid=bytes([i]) * 16, box=b"box") for i in (1, 2, 3))

@@ -1,7 +1,7 @@
 import pytest
 
-from onionproto import NEED_DATA, ClientSession, NodeSession, crypto
-from onionproto.testing import DeterministicRng
+from onionpost.proto import NEED_DATA, ClientSession, NodeSession, crypto
+from onionpost.proto.testing import DeterministicRng
 
 
 def drain(session) -> list:

@@ -3,8 +3,8 @@ import hashlib
 
 import pytest
 
-from onionproto import AddressError, NodeAddress, parse_node_address
-from onionproto.address import b64url, is_valid_onion_v3
+from onionpost.proto import AddressError, NodeAddress, parse_node_address
+from onionpost.proto.address import b64url, is_valid_onion_v3
 
 KEY = bytes(range(32))
 

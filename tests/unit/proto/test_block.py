@@ -1,7 +1,7 @@
 import pytest
 
-from onionproto.block import BlockBuffer, pad, unpad
-from onionproto.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from onionpost.proto.block import BlockBuffer, pad, unpad
+from onionpost.proto.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 
 def test_pad_unpad_round_trip():

@@ -1,9 +1,9 @@
 import pytest
 
-from onionproto import ErrorCode, Ok, RemoteProtocolError, Send, crypto, forward
-from onionproto.delivery import open_message, seal_message
-from onionproto.frames import Error
-from onionproto.testing import DeterministicRng
+from onionpost.proto import ErrorCode, Ok, RemoteProtocolError, Send, crypto, forward
+from onionpost.proto.delivery import open_message, seal_message
+from onionpost.proto.frames import Error
+from onionpost.proto.testing import DeterministicRng
 
 NOW = 1_800_000_000
 
@@ -83,7 +83,7 @@ def test_low_order_key_is_refused():
 
 
 def test_low_order_envelope_key_is_an_envelope_error(node):
-    from onionproto.frames import packb
+    from onionpost.proto.frames import packb
 
     envelope = packb({"epk": bytes(32), "box": bytes(100)})
     with pytest.raises(RemoteProtocolError) as exc:

@@ -3,11 +3,11 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onionproto import BLOCK_SIZE, NEED_DATA, ClientSession, NodeSession, ProtocolError, crypto, forward
-from onionproto.block import pad
-from onionproto.frames import decode_response, decode_transmission, packb, unpackb
-from onionproto.testing import DeterministicRng
-from onionproto import Ping, Send
+from onionpost.proto import BLOCK_SIZE, NEED_DATA, ClientSession, NodeSession, ProtocolError, crypto, forward
+from onionpost.proto.block import pad
+from onionpost.proto.frames import decode_response, decode_transmission, packb, unpackb
+from onionpost.proto.testing import DeterministicRng
+from onionpost.proto import Ping, Send
 
 from .conftest import Pair
 
@@ -90,7 +90,7 @@ def test_random_envelopes(envelope, now):
 @FUZZ
 @given(st.binary(max_size=100))
 def test_unpack_garbage(data):
-    from onionproto import ErrorCode
+    from onionpost.proto import ErrorCode
 
     try:
         unpackb(data, ErrorCode.SYNTAX, "x")

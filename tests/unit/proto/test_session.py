@@ -2,7 +2,7 @@
 
 import pytest
 
-from onionproto import (
+from onionpost.proto import (
     BLOCK_SIZE,
     NEED_DATA,
     ClientSession,
@@ -23,8 +23,8 @@ from onionproto import (
     Subscribe,
     crypto,
 )
-from onionproto.frames import Message, QueueIds, SubscriptionEnded
-from onionproto.testing import DeterministicRng
+from onionpost.proto.frames import Message, QueueIds, SubscriptionEnded
+from onionpost.proto.testing import DeterministicRng
 
 from .conftest import Pair, drain
 
@@ -84,7 +84,7 @@ def test_transmission_from_another_session_is_rejected():
 
 
 def test_unknown_command_and_bad_fields_are_rejected_per_command(pair):
-    from onionproto.frames import packb
+    from onionpost.proto.frames import packb
 
     session = pair.node.session_id
     unknown = packb([b"", packb({"sess": session, "corr": b"\xff" * 24, "q": None, "cmd": "NOPE"})])
@@ -155,8 +155,8 @@ def test_node_refuses_unsupported_client_version_with_plaintext_error():
     client._max_version = 1  # pick 1 to get past the node hello, then forge the hello below
     client.receive_data(node.data_to_send())
     drain(client)
-    from onionproto.block import pad
-    from onionproto.frames import packb
+    from onionpost.proto.block import pad
+    from onionpost.proto.frames import packb
 
     node.receive_data(pad(packb({"v": 2, "ckey": crypto.dh_keypair(rng)[0]}), BLOCK_SIZE))
     with pytest.raises(RemoteProtocolError) as exc:
@@ -202,7 +202,7 @@ def test_no_events_without_a_whole_block(pair):
 
 
 def test_error_details_fit_the_err_frame(pair):
-    from onionproto.frames import packb
+    from onionpost.proto.frames import packb
 
     fields = {f"x{i}": 1 for i in range(100)}
     body = packb({"sess": pair.node.session_id, "corr": b"\xff" * 24, "q": None, "cmd": "PING", **fields})

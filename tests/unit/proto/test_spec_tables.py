@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from onionproto.frames import COMMANDS, RESPONSES, Command
+from onionpost.proto.frames import COMMANDS, RESPONSES, Command
 
 SPEC = (Path(__file__).resolve().parents[3] / "docs" / "protocol" / "relay.md").read_text()
 
@@ -33,7 +33,7 @@ def test_every_response_is_in_the_table_with_its_fields(name):
 
 
 def test_every_error_code_is_documented():
-    from onionproto.errors import ErrorCode
+    from onionpost.proto.errors import ErrorCode
 
     for code in ErrorCode:
         fatal = "yes" if code.fatal else "no"

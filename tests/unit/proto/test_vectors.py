@@ -8,9 +8,9 @@ from pathlib import Path
 import msgpack
 from nacl import bindings as sodium
 
-from onionproto import crypto, forward
-from onionproto.block import unpad
-from onionproto.delivery import open_message
+from onionpost.proto import crypto, forward
+from onionpost.proto.block import unpad
+from onionpost.proto.delivery import open_message
 
 ROOT = Path(__file__).resolve().parents[3]
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "relay-v1.json").read_text())
