@@ -1,31 +1,34 @@
 """The chat agent: invitations, the connection handshake, messages, receipts, rotation.
 
-It sits between the encrypted store (``db``), the relays (``network``) and the
-end-to-end encryption (``e2e``). See docs/client.md for the flows.
-
-Contact states::
-
-    joiner:  requested ──(accept arrives)──> connected
-    inviter: pending ──(user accepts)──> accepted ──(their profile arrives)──> connected
-             pending ──(user rejects)──> (deleted)
+It sits between the store (``store``), the relays (``network``) and the
+end-to-end encryption (``e2e``). See docs/client.md for the flows and
+docs/daemon.md for how it runs. Contact states: ``store.ContactState``.
 
 Durability rules: a received message is committed to the database *before*
 it is acknowledged to the relay (so a crash re-delivers it, and ``last_mid``
 skips what was already stored); an outgoing message is encrypted once and
 stored in the outbox with the new ratchet state in one transaction, then sent
-(and re-sent after a failure) byte for byte.
+(and re-sent after a failure) byte for byte. Every read-modify-write of
+ratchet, chain or queue state happens inside one transaction; state read
+before an ``await`` is written back only if the contact is still in the state
+it was read in.
 """
 
+from __future__ import annotations
+
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
 
-from onionpost.proto import AddressError, parse_node_address
+from onionpost.proto import AddressError, ProtocolError, crypto, parse_node_address
 from onionpost.transport import Connector, LinkClosed, RelayError
+from onionpost.transport.retry import FIRST_BACKOFF, next_backoff
 
 from . import e2e, payloads
 from .db import Database
@@ -33,28 +36,60 @@ from .invitation import INVITATION_VERSION, Invitation, InvitationError, format_
 from .network import Delivery, Network, NoRelayError, TrustedRelay
 from .profiles import Profile, list_relays
 from .queues import InboundQueue, OutboundQueue, new_sender_key
+from .store import ChatStore, ContactRow, ContactState
+from .timing import TimingPolicy
 
 MAX_TEXT = e2e.MAX_MESSAGE_PLAINTEXT - 200  # room for the chain header and payload framing
 MAX_ALIAS = 64
+HELD = 9e15
+"""``not_before`` of an outbox row held for the next message the user sends (receipts="next")."""
 PROVENANCE_LABELS = {
     "qr-screen": "QR code shown on screen",
     "qr-image": "QR code read from an image",
     "link": "link (lower assurance)",
 }
+TRANSIENT = (LinkClosed, RelayError, NoRelayError, OSError, asyncio.TimeoutError)
+FINAL_CODES = ("NO_QUEUE",)
+"""Relay answers that no retry can change: the queue is gone."""
 
 
 class AgentError(Exception):
-    """A user-facing failure: the message says what happened and what to do."""
+    """A user-facing failure: the message says what happened."""
+
+
+class ContactNotFound(AgentError):
+    def __init__(self, name: str, candidates: list[str] | None = None):
+        self.name, self.candidates = name, candidates or []
+        if self.candidates:
+            super().__init__(f"{name!r} matches several contacts: {', '.join(self.candidates)}; use the exact name")
+        else:
+            super().__init__(f"no contact named {name!r}")
+
+
+class NoRequest(AgentError):
+    def __init__(self, request_id: int):
+        self.request_id = request_id
+        super().__init__(f"no pending request {request_id}")
+
+
+class NoRelayConfigured(AgentError):
+    def __init__(self):
+        super().__init__("this profile has no relay yet")
 
 
 @dataclass(frozen=True)
 class Event:
-    """Something the user should hear about, collected while the agent runs."""
+    """Something the user should hear about; stored in the event log and sent to listeners."""
 
-    kind: str  # request, connected, message, delivered, warning, rotated, sent
+    kind: str  # docs/api.md, "Events"
     contact: str | None
     text: str
     data: dict = dataclasses.field(default_factory=dict)
+    id: int = 0
+    profile: str | None = None
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "profile": self.profile, "contact": self.contact, "text": self.text, **self.data}
 
 
 @dataclass(frozen=True)
@@ -66,13 +101,15 @@ class Contact:
     role: str
     provenance: str
     verified: bool
+    unread: int = 0
 
     @property
     def assurance(self) -> str:
         return "verified" if self.verified else PROVENANCE_LABELS.get(self.provenance, self.provenance)
 
-
-_CONTACT_COLUMNS = "id, alias, display_name, state, role, provenance, verified"
+    @classmethod
+    def of(cls, row: ContactRow, unread: int = 0) -> Contact:
+        return cls(row.id, row.alias, row.display_name, row.state, row.role, row.provenance, row.verified, unread)
 
 
 class Agent:
@@ -86,24 +123,70 @@ class Agent:
         rng=os.urandom,
         timeout: float = 30.0,
         isolation: str = "queue",
+        timing: TimingPolicy | None = None,
     ):
         self.db = db
+        self.store = ChatStore(db, profile.id)
         self.profile = profile
         self.clock = clock
         self.rng = rng
+        self.timing = timing or TimingPolicy.immediate()
         relays = [TrustedRelay(r.address, r.access_key) for r in list_relays(db, profile)]
         self.network = Network(relays, connector=connector, clock=clock, rng=rng, timeout=timeout, isolation=isolation)
         self.events: list[Event] = []
+        self.listeners: list[Callable[[Event], None]] = []
         self._owners: dict[bytes, tuple[str, int]] = {}  # inbound rid -> ("invitation" | "contact", row id)
+        self._keepers: dict[bytes, asyncio.Task] = {}
+        self._wake: asyncio.Event | None = None
+        self._retry_at: dict[int, tuple[float, float]] = {}  # contact -> (next attempt, backoff)
+        self._relays_down: set[str] = set()
+        self.last_activity = 0.0
+        """Loop time at which the agent last finished some work (``receive`` waits for quiet)."""
+        self._busy = 0
+        self._next_due: float | None = None
+
+    def reload_relays(self) -> None:
+        """The profile's trusted relays changed: use the new list for new queues and forwarding."""
+        self.network.trusted = [TrustedRelay(r.address, r.access_key) for r in list_relays(self.db, self.profile)]
 
     async def close(self) -> None:
+        for task in self._keepers.values():
+            task.cancel()
+        await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+        self._keepers.clear()
         await self.network.close()
 
     def _event(self, kind: str, contact: str | None, text: str, **data) -> None:
-        self.events.append(Event(kind, contact, text, data))
+        """Log an event (in the current transaction, if any) and tell listeners once it is committed."""
+        event_id = self.store.add_event(kind, contact, text, data, self._now())
+        event = Event(kind, contact, text, data, event_id, self.profile.name)
+        self.store.after_commit(lambda: self._publish(event))
+
+    def _publish(self, event: Event) -> None:
+        self.events.append(event)
+        for listener in list(self.listeners):
+            listener(event)
 
     def _now(self) -> int:
         return int(self.clock())
+
+    def _touch(self) -> None:
+        self.last_activity = asyncio.get_running_loop().time()
+
+    @contextlib.contextmanager
+    def _working(self):
+        """Mark work in progress (a delivery handled, a send, a subscription): ``receive`` does not stop during it."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._touch()
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the agent last worked; 0 while it works."""
+        return 0.0 if self._busy else asyncio.get_running_loop().time() - self.last_activity
 
     # --- invitations -----------------------------------------------------------
 
@@ -115,321 +198,444 @@ class Agent:
         link = format_invitation(
             Invitation(INVITATION_VERSION, relay.address, inbound.snd, keys.identity_key, keys.ephemeral_key)
         )
-        with self.db.transaction():
-            cursor = self.db.execute(
-                "INSERT INTO invitations (profile_id, inbound, secrets, link, shared_as, auto_accept, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.profile.id, inbound.to_bytes(), secrets.to_bytes(), link, shared_as, int(auto_accept), self._now()),
+        with self.store.transaction():
+            invitation_id = self.store.add_invitation(
+                inbound.to_bytes(), secrets.to_bytes(), link, shared_as, auto_accept, self._now()
             )
-        return cursor.lastrowid, link
+        self._watch(inbound, "invitation", invitation_id, fresh=True)
+        return invitation_id, link
 
     def _pick_relay(self, avoid: str | None = None) -> TrustedRelay:
         if not self.network.trusted:
-            raise AgentError("this profile has no relay yet: add one with 'onionpost relay add ADDRESS'")
+            raise NoRelayConfigured()
         others = [r for r in self.network.trusted if r.address != avoid]
         return (others or self.network.trusted)[0]
 
-    async def connect(self, link: str, *, via: str, alias: str | None = None) -> Contact:
-        """Join an invitation: create our reply queue and send the connection request."""
+    def _check_invitation(self, link: str) -> Invitation:
+        """Parse a link and check every key in it before anything is created."""
         try:
             invitation = parse_invitation(link)
-            parse_node_address(invitation.relay)
-        except (InvitationError, AddressError) as exc:
+            relay = parse_node_address(invitation.relay)
+            crypto.identity_dh_public(relay.key)
+            e2e.create_request(e2e.Invitation(invitation.ik, invitation.ek), b"", rng=self.rng)
+        except (InvitationError, AddressError, ProtocolError, e2e.E2EError, ValueError, TypeError) as exc:
             raise AgentError(f"bad invitation: {exc}") from None
+        return invitation
+
+    async def connect(self, link: str, *, via: str, alias: str | None = None) -> Contact:
+        """Join an invitation: create our reply queue and send the connection request.
+
+        All or nothing: if the request cannot be delivered (the invitation was used up,
+        its queue is gone, the relay is unreachable), nothing stays behind.
+        """
+        invitation = self._check_invitation(link)
         if alias is not None:
             alias = self._check_alias(alias)
         relay = self._pick_relay()
         reply = await self._network_call(self.network.create_queue(relay), relay.address)
         sender_public, sender_secret = new_sender_key(self.rng)
         request_payload = payloads.encode("request", reply=relay.address, snd=reply.snd, skey=sender_public, via=via)
-        pending, request = e2e.create_request(
-            e2e.Invitation(invitation.ik, invitation.ek), request_payload, rng=self.rng
-        )
+        pending, request = e2e.create_request(e2e.Invitation(invitation.ik, invitation.ek), request_payload, rng=self.rng)
         outbound = OutboundQueue(invitation.relay, invitation.queue_id, sender_secret, secured=False)
-        with self.db.transaction():
-            contact_id = self._insert_contact(alias, role="joiner", state="requested", provenance=via)
-            self.db.execute(
-                "UPDATE contacts SET inbound = ?, outbound = ?, handshake = ? WHERE id = ?",
-                (reply.to_bytes(), outbound.to_bytes(), pending.to_bytes(), contact_id),
-            )
-            self._queue_outgoing(contact_id, request, queue=outbound)
-        await self.flush(contact_id)
+        try:
+            await self.network.send(outbound, request)
+        except TRANSIENT as exc:
+            await self._delete_quietly(reply)
+            raise AgentError(f"the connection request was not delivered: {_relay_answer(exc)}") from None
+        with self.store.transaction():
+            contact_id = self.store.insert_contact(alias, role="joiner", state=ContactState.REQUESTED, provenance=via,
+                                                   now=self._now())
+            self.store.update_contact(contact_id, inbound=reply.to_bytes(), outbound=outbound.to_bytes(),
+                                      handshake=pending.to_bytes())
+        self._watch(reply, "contact", contact_id, fresh=True)
         return self.contact_by_id(contact_id)
+
+    async def _delete_quietly(self, queue: InboundQueue) -> None:
+        try:  # the queue is useless now; deleting it is a courtesy to the relay
+            await self.network.delete_queue(queue)
+        except TRANSIENT:
+            pass
 
     # --- requests ------------------------------------------------------------------
 
     def requests(self) -> list[Contact]:
-        return self._contacts("state = 'pending'")
+        return [Contact.of(row) for row in self.store.contacts(states=(ContactState.PENDING,))]
 
-    async def accept(self, request_id: int, *, alias: str | None = None) -> Contact:
-        row = self.db.fetch_one(
-            "SELECT inbound, handshake FROM contacts WHERE id = ? AND profile_id = ? AND state = 'pending'",
-            (request_id, self.profile.id),
-        )
-        if row is None:
-            raise AgentError(f"no pending request {request_id} (see 'onionpost requests')")
+    async def accept(self, request_id: int, *, alias: str | None = None, delay: float = 0.0) -> Contact:
+        row = self._pending_request(request_id)
         if alias is not None:
             alias = self._check_alias(alias, exclude=request_id)
-        stored = msgpack.unpackb(row[1], raw=False)
+        inbound_blob, handshake = row
+        stored = msgpack.unpackb(handshake, raw=False)
         secrets = e2e.InviterSecrets.from_bytes(stored["secrets"])
         request = e2e.open_request(secrets, stored["request"])
         details = payloads.decode(request.payload, expect={"request"})
-        inbound = InboundQueue.from_bytes(row[0])
+        inbound = InboundQueue.from_bytes(inbound_blob)
         inbound = await self._network_call(self.network.secure_queue(inbound, details["skey"]), inbound.relay)
         sender_public, sender_secret = new_sender_key(self.rng)
         accept_payload = payloads.encode("accept", skey=sender_public, profile=self._my_profile())
         ratchet, accept_message = e2e.accept_request(secrets, request, accept_payload, rng=self.rng)
         outbound = OutboundQueue(details["reply"], details["snd"], sender_secret, secured=False)
-        with self.db.transaction():
-            self.db.execute(
-                "UPDATE contacts SET alias = ?, state = 'accepted', inbound = ?, outbound = ?, handshake = NULL, "
-                "ratchet = ?, send_chain = ?, recv_chain = ? WHERE id = ?",
-                (
-                    alias or f"contact-{request_id}",
-                    inbound.to_bytes(),
-                    outbound.to_bytes(),
-                    ratchet.to_bytes(),
-                    e2e.SenderChain().to_bytes(),
-                    e2e.ReceiverChain().to_bytes(),
-                    request_id,
-                ),
+        with self.store.transaction():
+            accepted = self.store.update_contact(
+                request_id, expect_state=ContactState.PENDING,
+                alias=alias or f"contact-{request_id}", state=ContactState.ACCEPTED, inbound=inbound.to_bytes(),
+                outbound=outbound.to_bytes(), handshake=None, ratchet=ratchet.to_bytes(),
+                send_chain=e2e.SenderChain().to_bytes(), recv_chain=e2e.ReceiverChain().to_bytes(),
             )
-            self._queue_outgoing(request_id, accept_message, queue=outbound)
-        await self.flush(request_id)
+            if not accepted:
+                raise AgentError(f"request {request_id} was answered meanwhile")
+            self._queue_outgoing(request_id, accept_message, queue=outbound, delay=delay)
+        self._wake_sender()
         return self.contact_by_id(request_id)
 
+    def _pending_request(self, request_id: int) -> tuple[bytes, bytes]:
+        row = self.store.contact(request_id)
+        if row is None or row.state != ContactState.PENDING:
+            raise NoRequest(request_id)
+        return self.store.contact_fields(request_id, "inbound", "handshake")
+
     async def reject(self, request_id: int) -> None:
-        row = self.db.fetch_one(
-            "SELECT inbound FROM contacts WHERE id = ? AND profile_id = ? AND state = 'pending'",
-            (request_id, self.profile.id),
-        )
-        if row is None:
-            raise AgentError(f"no pending request {request_id} (see 'onionpost requests')")
-        with self.db.transaction():
-            self.db.execute("DELETE FROM contacts WHERE id = ?", (request_id,))
-        try:  # the queue is useless now; deleting it is a courtesy to the relay
-            await self.network.delete_queue(InboundQueue.from_bytes(row[0]))
-        except (LinkClosed, RelayError, NoRelayError, OSError):
-            pass
+        inbound_blob, _ = self._pending_request(request_id)
+        with self.store.transaction():
+            self.store.delete_contact(request_id)
+        queue = InboundQueue.from_bytes(inbound_blob)
+        self._unwatch(queue)
+        await self._delete_quietly(queue)
 
     # --- contacts -----------------------------------------------------------------
 
-    def _contacts(self, where: str = "1", params: tuple = ()) -> list[Contact]:
-        rows = self.db.fetch_all(
-            f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE profile_id = ? AND {where} ORDER BY id",
-            (self.profile.id, *params),
-        )
-        return [Contact(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
-
     def contacts(self) -> list[Contact]:
-        return self._contacts("state != 'pending'")
+        unread = self.store.unread_counts()
+        return [Contact.of(row, unread.get(row.id, 0)) for row in self.store.contacts(exclude=(ContactState.PENDING,))]
 
     def contact_by_id(self, contact_id: int) -> Contact:
-        [contact] = self._contacts("id = ?", (contact_id,))
-        return contact
+        return Contact.of(self.store.contact(contact_id))
 
     def contact(self, alias: str) -> Contact:
-        found = self._contacts("alias = ?", (alias,))
-        if not found:
-            raise AgentError(f"no contact named {alias!r} (see 'onionpost contacts')")
-        return found[0]
+        """The contact named ``alias``: exactly, else ignoring case when that is unambiguous."""
+        found = [row for row in self.store.contacts_named(alias) if row.state != ContactState.PENDING]
+        if len(found) != 1:
+            raise ContactNotFound(alias, [row.alias for row in found])
+        return Contact.of(found[0])
 
     def _check_alias(self, alias: str, exclude: int | None = None) -> str:
         alias = alias.strip()
         if not alias or len(alias) > MAX_ALIAS or any(not c.isprintable() for c in alias):
             raise AgentError(f"an alias must be 1 to {MAX_ALIAS} printable characters")
-        row = self.db.fetch_one(
-            "SELECT id FROM contacts WHERE profile_id = ? AND alias = ?", (self.profile.id, alias)
-        )
-        if row is not None and row[0] != exclude:
+        owner = self.store.alias_owner(alias)
+        if owner is not None and owner != exclude:
             raise AgentError(f"you already have a contact named {alias!r}")
         return alias
-
-    def _insert_contact(self, alias: str | None, *, role: str, state: str, provenance: str) -> int:
-        cursor = self.db.execute(
-            "INSERT INTO contacts (profile_id, alias, role, state, provenance, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (self.profile.id, alias or f"new-{self.rng(6).hex()}", role, state, provenance, self._now()),
-        )
-        contact_id = cursor.lastrowid
-        if alias is None:
-            default = f"request-{contact_id}" if state == "pending" else f"contact-{contact_id}"
-            self.db.execute("UPDATE contacts SET alias = ? WHERE id = ?", (default, contact_id))
-        return contact_id
 
     def _my_profile(self) -> dict:
         return {"name": self.profile.display_name, "bio": self.profile.bio}
 
-    def history(self, alias: str, limit: int = 50) -> list[dict]:
+    def history(self, alias: str, limit: int = 50, *, mark_read: bool = True) -> list[dict]:
         contact = self.contact(alias)
-        rows = self.db.fetch_all(
-            "SELECT direction, seq, text, state, notice, created_at FROM messages WHERE contact_id = ? "
-            "ORDER BY id DESC LIMIT ?",
-            (contact.id, limit),
-        )
-        keys = ("direction", "seq", "text", "state", "notice", "time")
-        return [dict(zip(keys, row)) for row in reversed(rows)]
+        rows = self.store.history(contact.id, limit)
+        if mark_read and any(r["unread"] for r in rows):
+            with self.store.transaction():
+                self.store.mark_read(contact.id, max(r["id"] for r in rows))
+        return rows
+
+    def unread_messages(self) -> list[dict]:
+        """Received messages never shown to the user, oldest first (with the contact's alias)."""
+        return self.store.unread_messages()
+
+    def mark_shown(self, message_ids: list[int]) -> None:
+        if message_ids:
+            with self.store.transaction():
+                self.store.mark_messages_read(message_ids)
+
+    def watched(self) -> list[bytes]:
+        """The inbound queues (rids) this agent keeps subscribed."""
+        return list(self._owners)
+
+    def mark_read(self, alias: str) -> int:
+        contact = self.contact(alias)
+        with self.store.transaction():
+            return self.store.mark_read(contact.id)
 
     def security_code(self, alias: str) -> str:
         contact = self.contact(alias)
-        row = self.db.fetch_one("SELECT ratchet FROM contacts WHERE id = ?", (contact.id,))
-        if row[0] is None:
-            raise AgentError(f"{alias} is not connected yet: there is no code to compare")
-        return e2e.safety_code_for_state(e2e.RatchetState.from_bytes(row[0]))
+        (ratchet,) = self.store.contact_fields(contact.id, "ratchet")
+        if ratchet is None:
+            raise AgentError(f"{contact.alias} is not connected yet: there is no code to compare")
+        return e2e.safety_code_for_state(e2e.RatchetState.from_bytes(ratchet))
 
     def verify(self, alias: str, code: str) -> bool:
         """Mark ``alias`` verified if ``code`` matches; return whether it did."""
+        contact = self.contact(alias)
         expected = self.security_code(alias)
         if not e2e.codes_match(expected, code):
             return False
-        with self.db.transaction():
-            self.db.execute("UPDATE contacts SET verified = 1 WHERE id = ?", (self.contact(alias).id,))
+        with self.store.transaction():
+            self.store.update_contact(contact.id, verified=1)
+            if not contact.verified:
+                self._event("verified", contact.alias, f"{contact.alias} is verified: the security codes match")
         return True
 
     # --- sending -------------------------------------------------------------------
 
     async def send(self, alias: str, text: str) -> dict:
-        """Encrypt and queue a message, then try to deliver it; return its row."""
+        """Encrypt the message and put it in the outbox; return its row. Delivery goes on in the background."""
         contact = self.contact(alias)
-        if contact.state not in ("connected", "accepted"):
-            raise AgentError(f"{alias} is not connected yet (state: {contact.state})")
+        if contact.state not in (ContactState.CONNECTED, ContactState.ACCEPTED):
+            raise AgentError(f"{contact.alias} is not connected yet (state: {contact.state})")
         if not text.strip():
             raise AgentError("the message is empty")
         if len(text.encode()) > MAX_TEXT:
             raise AgentError(f"message too long: at most {MAX_TEXT} bytes")
-        with self.db.transaction():
-            message_id = self.db.execute(
-                "INSERT INTO messages (contact_id, direction, text, state, created_at) VALUES (?, 'out', ?, 'pending', ?)",
-                (contact.id, text, self._now()),
-            ).lastrowid
-            seq = self._queue_chat(contact.id, payloads.encode("msg", text=text, ts=self._now()), message_id)
-            self.db.execute("UPDATE messages SET seq = ? WHERE id = ?", (seq, message_id))
-        await self.flush(contact.id)
-        state = self.db.fetch_one("SELECT state FROM messages WHERE id = ?", (message_id,))[0]
-        return {"contact": alias, "seq": seq, "text": text, "state": state}
+        now = self._now()
+        with self.store.transaction():
+            message_id = self.store.add_outgoing_message(contact.id, text, now)
+            seq = self._queue_chat(contact.id, payloads.encode("msg", text=text, ts=now), message_id=message_id)
+            self.store.set_message_seq(message_id, seq)
+        self._wake_sender()
+        return {"id": message_id, "contact": contact.alias, "seq": seq, "text": text, "state": "pending"}
 
-    def _queue_chat(self, contact_id: int, payload: bytes, message_id: int | None = None, queue: OutboundQueue | None = None) -> int:
-        """Chain, encrypt and store one payload in the outbox (inside the caller's transaction)."""
-        row = self.db.fetch_one("SELECT ratchet, send_chain FROM contacts WHERE id = ?", (contact_id,))
-        chain, chained = e2e.SenderChain.from_bytes(row[1]).next_message(payload)
-        ratchet, ciphertext = e2e.ratchet_encrypt(e2e.RatchetState.from_bytes(row[0]), chained, rng=self.rng)
-        self.db.execute(
-            "UPDATE contacts SET ratchet = ?, send_chain = ? WHERE id = ?", (ratchet.to_bytes(), chain.to_bytes(), contact_id)
-        )
-        self._queue_outgoing(contact_id, ciphertext, message_id=message_id, queue=queue)
+    def message_state(self, message_id: int) -> str | None:
+        return self.store.message_state(message_id)
+
+    def _queue_chat(self, contact_id: int, payload: bytes, *, message_id: int | None = None,
+                    queue: OutboundQueue | None = None, delay: float | None = 0.0) -> int:
+        """Chain, encrypt and store one payload in the outbox. Call it inside a transaction: the
+        ratchet and chain are read and written back in it, so no two messages share a message key."""
+        assert self.db.in_transaction, "_queue_chat must run inside a transaction"
+        ratchet_blob, chain_blob = self.store.contact_fields(contact_id, "ratchet", "send_chain")
+        chain, chained = e2e.SenderChain.from_bytes(chain_blob).next_message(payload)
+        ratchet, ciphertext = e2e.ratchet_encrypt(e2e.RatchetState.from_bytes(ratchet_blob), chained, rng=self.rng)
+        self.store.update_contact(contact_id, ratchet=ratchet.to_bytes(), send_chain=chain.to_bytes())
+        self._queue_outgoing(contact_id, ciphertext, message_id=message_id, queue=queue, delay=delay)
         return chain.last_seq
 
-    def _queue_outgoing(self, contact_id: int, body: bytes, *, message_id: int | None = None, queue: OutboundQueue | None = None) -> None:
-        self.db.execute(
-            "INSERT INTO outbox (contact_id, message_id, queue, body, created_at) VALUES (?, ?, ?, ?, ?)",
-            (contact_id, message_id, queue.to_bytes() if queue else None, body, self._now()),
-        )
+    def _queue_outgoing(self, contact_id: int, body: bytes, *, message_id: int | None = None,
+                        queue: OutboundQueue | None = None, delay: float | None = 0.0) -> None:
+        """Store one SEND body; ``delay`` seconds before it may leave, None to hold it for the next user message.
 
-    def _load_contact_tags(self) -> None:
-        """For per-contact isolation: both queues of a contact share its tag."""
-        if self.network.isolation != "contact":
-            return
-        for contact_id, *blobs in self.db.fetch_all(
-            "SELECT id, inbound, next_inbound, outbound FROM contacts WHERE profile_id = ?", (self.profile.id,)
-        ):
-            for blob, kind in zip(blobs, (InboundQueue, InboundQueue, OutboundQueue)):
-                if blob is not None:
-                    queue = kind.from_bytes(blob)
-                    self.network.contact_tags[queue.rid if kind is InboundQueue else queue.snd] = f"contact:{contact_id}"
+        A user message releases every held or delayed row of its contact before it (they ride with it),
+        so the contact's messages stay in order.
+        """
+        now = self.clock()
+        if message_id is not None:
+            self.store.release_outbox(contact_id)
+        not_before = HELD if delay is None else (now + delay if delay > 0 else 0.0)
+        self.store.add_outbox(contact_id, body, now=self._now(), message_id=message_id,
+                              queue=queue.to_bytes() if queue else None, not_before=not_before,
+                              automatic=message_id is None)
 
-    async def flush(self, contact_id: int | None = None) -> int:
-        """Send what is in the outbox, oldest first; stop at a contact's first failure. Return how many left."""
-        self._load_contact_tags()
-        where, params = ("contact_id = ?", (contact_id,)) if contact_id is not None else ("1", ())
-        rows = self.db.fetch_all(
-            f"SELECT o.id, o.contact_id, o.message_id, o.queue, o.body, c.state, c.outbound, c.alias "
-            f"FROM outbox o JOIN contacts c ON c.id = o.contact_id WHERE c.profile_id = ? AND {where} ORDER BY o.id",
-            (self.profile.id, *params),
-        )
-        by_contact: dict[int, list[tuple]] = {}
+    def _wake_sender(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def flush(self, contact_id: int | None = None, *, due_only: bool = True) -> float | None:
+        """Send what is due in the outbox, oldest first per contact; stop at a contact's first failure.
+
+        Contacts go at once (each in its own order): an unreachable relay delays no other contact.
+        Returns the clock time at which the next row becomes due (or its contact may retry), or None.
+        """
+        rows = self.store.outbox(contact_id)
+        by_contact: dict[int, list] = {}
         for row in rows:
-            by_contact.setdefault(row[1], []).append(row)
-        # Contacts at once (each in its own order): one unreachable relay delays no other contact.
-        await asyncio.gather(*(self._flush_contact(contact_rows) for contact_rows in by_contact.values()))
-        return self.db.fetch_one(
-            "SELECT count(*) FROM outbox o JOIN contacts c ON c.id = o.contact_id WHERE c.profile_id = ?", (self.profile.id,)
-        )[0]
+            by_contact.setdefault(row.contact_id, []).append(row)
+        results = await asyncio.gather(*(self._flush_contact(r, due_only) for r in by_contact.values()))
+        due = [t for t in results if t is not None]
+        return min(due) if due else None
 
-    async def _flush_contact(self, rows: list[tuple]) -> None:
-        """Send one contact's outbox rows in order; stop at the first failure."""
-        for outbox_id, _, message_id, fixed_queue, body, state, outbound, alias in rows:
-            if fixed_queue is None and state != "connected":
-                return  # chat waits until the contact has secured its queue
-            queue = OutboundQueue.from_bytes(fixed_queue or outbound)
-            try:
-                await self.network.send(queue, body)
-            except (RelayError, LinkClosed, NoRelayError, OSError, asyncio.TimeoutError) as exc:
-                with self.db.transaction():
-                    self.db.execute(
-                        "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?", (str(exc)[:200], outbox_id)
-                    )
-                if isinstance(exc, RelayError) and not exc.retry_later:
-                    self._event("warning", alias, f"the relay refused a message to {alias}: {exc}")
-                return
-            with self.db.transaction():
-                self.db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
-                if message_id is not None:
-                    self.db.execute("UPDATE messages SET state = 'sent' WHERE id = ? AND state = 'pending'", (message_id,))
+    async def _flush_contact(self, rows: list, due_only: bool) -> float | None:
+        contact_id = rows[0].contact_id
+        now = self.clock()
+        retry_at, _ = self._retry_at.get(contact_id, (0.0, FIRST_BACKOFF))
+        if due_only and retry_at > now:
+            return retry_at
+        for row in rows:
+            if row.queue is None and row.state != ContactState.CONNECTED:
+                return None  # chat waits until the contact has secured its queue
+            if due_only and row.not_before > now:
+                return row.not_before if row.not_before < HELD else None
+            queue = OutboundQueue.from_bytes(row.queue or row.outbound)
+            with self._working():
+                try:
+                    await self.network.send(queue, row.body)
+                except TRANSIENT as exc:
+                    return self._send_failed(row, exc)
+                self._retry_at.pop(contact_id, None)
+                with self.store.transaction():
+                    self.store.outbox_sent(row.id)
+                    if row.message_id is not None and self.store.mark_sent(row.message_id):
+                        self._event("sent", row.alias, f"message {row.message_id} to {row.alias} left for their relay",
+                                    message=row.message_id)
+        return None
+
+    def _send_failed(self, row, exc: BaseException) -> float | None:
+        if isinstance(exc, RelayError) and exc.code in FINAL_CODES:
+            with self.store.transaction():
+                self.store.drop_outbox(row.contact_id)
+                self.store.update_contact(row.contact_id, state=ContactState.FAILED)
+                self._event("failed", row.alias,
+                            f"{row.alias}: the relay says their queue does not exist ({exc}); nothing more will be sent",
+                            reason=exc.code)
+            self._stop_watching_contact(row.contact_id)
+            return None
+        with self.store.transaction():
+            self.store.outbox_failed(row.id, str(exc))
+        now = self.clock()
+        _, backoff = self._retry_at.get(row.contact_id, (0.0, FIRST_BACKOFF))
+        self._retry_at[row.contact_id] = (now + backoff, next_backoff(backoff))
+        if isinstance(exc, RelayError) and not exc.retry_later:
+            self._event("warning", row.alias, f"the relay refused a message to {row.alias}: {exc}")
+        return now + backoff
 
     # --- receiving -----------------------------------------------------------------
 
     async def receive(self, wait: float = 5.0) -> list[Event]:
-        """Subscribe to every inbound queue, process what arrives, send what is pending.
-
-        Returns after ``wait`` seconds without news. Events are also kept in ``self.events``.
-        """
+        """Run until ``wait`` seconds pass without a delivery or a send; return the events of that time."""
         start = len(self.events)
-        await self.flush()
-        await self._subscribe_all()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                delivery = await asyncio.wait_for(self.network.deliveries.get(), min(remaining, 1.0))
-            except asyncio.TimeoutError:
-                await self.network.resubscribe()
-                await self.flush()
-                continue
-            try:
-                await self._handle(delivery)
-            except (LinkClosed, RelayError, NoRelayError, AgentError, OSError, asyncio.TimeoutError) as exc:
-                # Not acknowledged: re-subscribing makes the relay deliver it again.
-                self._event("warning", None, f"will retry a message: {exc}")
-                self.network.unsubscribe(delivery.queue)
-                self._owners.pop(delivery.queue.rid, None)
-            await self._subscribe_all()  # handling may have created or replaced queues
-            await self.network.resubscribe()  # busy queues must not starve the reconnects of others
-            deadline = loop.time() + wait
+        self._touch()
+        runner = asyncio.create_task(self.run())
+        try:
+            while not runner.done():
+                quiet = self.idle_for
+                if quiet >= wait and not self._sending_soon(wait):
+                    break
+                await asyncio.wait({runner}, timeout=min(wait - quiet, 0.25) if quiet else 0.05)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+            raise runner.exception()
         await self.flush()
         return self.events[start:]
 
-    async def _subscribe_all(self) -> None:
-        self._load_contact_tags()
-        queues: list[tuple[InboundQueue, str, int]] = []
-        for row in self.db.fetch_all("SELECT id, inbound FROM invitations WHERE profile_id = ?", (self.profile.id,)):
-            queues.append((InboundQueue.from_bytes(row[1]), "invitation", row[0]))
-        for row in self.db.fetch_all(
-            "SELECT id, inbound, next_inbound FROM contacts WHERE profile_id = ? AND state IN ('requested', 'accepted', 'connected')",
-            (self.profile.id,),
-        ):
-            for blob in row[1:]:
+    def _sending_soon(self, within: float) -> bool:
+        """Whether a delayed outbox row (an accept, a profile) becomes due within ``within`` seconds."""
+        return self._next_due is not None and self._next_due - self.clock() <= within
+
+    async def run(self) -> None:
+        """Keep every inbound queue subscribed, handle deliveries, send the outbox; until cancelled."""
+        self._wake = asyncio.Event()
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            with self._working():
+                self._watch_all()
+                await asyncio.sleep(0)  # let the keepers start (and mark themselves busy)
+            while True:
+                delivery = await self.network.deliveries.get()
+                with self._working():
+                    await self._handle_safely(delivery)
+                    self._watch_all()  # handling may have created or replaced queues
+                self._wake_sender()
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            for task in self._keepers.values():
+                task.cancel()
+            await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+            self._keepers.clear()
+            self._wake = None
+
+    async def _send_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            next_due = self._next_due = await self.flush()
+            timeout = None if next_due is None else max(0.0, next_due - self.clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _handle_safely(self, delivery: Delivery) -> None:
+        try:
+            await self._handle(delivery)
+        except TRANSIENT as exc:
+            # Not acknowledged: the relay delivers it again once the link is back.
+            self._event("warning", None, f"will retry a message: {exc}")
+            await self.network.drop_link(delivery.queue)
+
+    def _watch_all(self) -> None:
+        self.network.load_contact_tags(self._contact_tags())
+        for invitation_id, blob in self.store.invitation_queues():
+            self._watch(InboundQueue.from_bytes(blob), "invitation", invitation_id)
+        for contact_id, *blobs in self.store.live_queues():
+            for blob in blobs:
                 if blob is not None:
-                    queues.append((InboundQueue.from_bytes(blob), "contact", row[0]))
-        new = [(queue, kind, row_id) for queue, kind, row_id in queues if queue.rid not in self._owners]
-        for queue, kind, row_id in new:
-            self._owners[queue.rid] = (kind, row_id)
-        # All at once: one unreachable relay must not delay the queues on the others.
-        results = await asyncio.gather(*(self.network.subscribe(queue) for queue, _, _ in new), return_exceptions=True)
-        for (queue, _, _), result in zip(new, results):
-            if isinstance(result, (LinkClosed, RelayError, OSError, asyncio.TimeoutError)):
-                # Still subscribed locally: ``network.resubscribe`` keeps trying, with backoff.
-                self._event("warning", None, f"cannot reach relay {parse_node_address(queue.relay).host}: {result}")
-            elif isinstance(result, BaseException):
-                raise result
+                    self._watch(InboundQueue.from_bytes(blob), "contact", contact_id)
+
+    def _contact_tags(self) -> dict[bytes, str]:
+        tags = {}
+        for contact_id, _alias, *blobs in self.store.queue_blobs():
+            for blob, kind in zip(blobs, (InboundQueue, InboundQueue, OutboundQueue)):
+                if blob is not None:
+                    queue = kind.from_bytes(blob)
+                    tags[queue.rid if kind is InboundQueue else queue.snd] = f"contact:{contact_id}"
+        return tags
+
+    def _watch(self, queue: InboundQueue, kind: str, row_id: int, *, fresh: bool = False) -> None:
+        """Own ``queue`` and, while ``run`` is going, keep it subscribed on its own schedule.
+
+        A ``fresh`` queue (just created by the user's invite, connect or rotate) subscribes at once:
+        its first subscription follows the user's action, not the other queues' rhythm.
+        """
+        self._owners[queue.rid] = (kind, row_id)
+        if self._wake is None or queue.rid in self._keepers:
+            return
+        if fresh:
+            delay = 0.0
+        else:
+            delay = self.timing.open_delay(urgent=kind == "contact" and bool(self.store.outbox(row_id)))
+        self._keepers[queue.rid] = asyncio.create_task(self._keep(queue, delay))
+
+    def _unwatch(self, queue: InboundQueue) -> None:
+        self._owners.pop(queue.rid, None)
+        self.network.unsubscribe(queue)
+        keeper = self._keepers.pop(queue.rid, None)
+        if keeper is not None and keeper is not asyncio.current_task():
+            keeper.cancel()
+
+    def _stop_watching_contact(self, contact_id: int) -> None:
+        for rid, owner in list(self._owners.items()):
+            if owner == ("contact", contact_id):
+                queue = self.network.subscribed(rid)
+                self._owners.pop(rid, None)
+                keeper = self._keepers.pop(rid, None)
+                if keeper is not None:
+                    keeper.cancel()
+                if queue is not None:
+                    self.network.unsubscribe(queue)
+
+    async def _keep(self, queue: InboundQueue, delay: float) -> None:
+        """One queue's life (client/timing.py): open at its own random time, reopen after its own delay."""
+        await asyncio.sleep(delay)
+        backoff = FIRST_BACKOFF
+        while queue.rid in self._owners:
+            try:
+                with self._working():
+                    link = await self.network.subscribe(queue)
+            except TRANSIENT as exc:
+                self._relay_down(queue.relay, exc)
+                await asyncio.sleep(backoff + self.timing.open_delay())
+                backoff = next_backoff(backoff)
+                continue
+            backoff = FIRST_BACKOFF
+            self._relay_up(queue.relay)
+            lifetime = self.timing.lifetime()
+            try:
+                await asyncio.wait_for(link.wait_closed(), lifetime)
+            except asyncio.TimeoutError:
+                await self.network.renew_link(queue)  # the new link subscribes before the old one closes
+                continue
+            await asyncio.sleep(self.timing.open_delay())
+
+    def _relay_down(self, relay: str, exc: BaseException) -> None:
+        if relay not in self._relays_down:
+            self._relays_down.add(relay)
+            self._event("relay_down", None, f"cannot reach relay {parse_node_address(relay).host}: {exc}", relay=relay)
+
+    def _relay_up(self, relay: str) -> None:
+        if relay in self._relays_down:
+            self._relays_down.discard(relay)
+            self._event("relay_up", None, f"relay {parse_node_address(relay).host} is reachable again", relay=relay)
 
     async def _handle(self, delivery: Delivery) -> None:
         owner = self._owners.get(delivery.queue.rid)
@@ -439,57 +645,58 @@ class Agent:
         if kind == "invitation":
             await self._handle_request(row_id, delivery)
             return
-        row = self.db.fetch_one("SELECT state, last_mid, alias FROM contacts WHERE id = ?", (row_id,))
+        row = self.store.contact_fields(row_id, "state", "last_mid", "alias")
         if row is None:
+            await self.network.ack(delivery.queue, delivery.mid)
             return
         state, last_mid, alias = row
         if last_mid == delivery.mid:  # stored before a crash, not yet acknowledged
             await self.network.ack(delivery.queue, delivery.mid)
             return
-        if state == "requested":
+        if state == ContactState.REQUESTED:
             await self._handle_accept(row_id, alias, delivery)
         else:
-            await self._handle_ratchet_message(row_id, alias, state, delivery)
+            await self._handle_ratchet_message(row_id, delivery)
 
     async def _handle_request(self, invitation_id: int, delivery: Delivery) -> None:
-        row = self.db.fetch_one(
-            "SELECT secrets, shared_as, auto_accept, inbound FROM invitations WHERE id = ?", (invitation_id,)
-        )
-        if row is None:
+        invitation = self.store.invitation(invitation_id)
+        if invitation is None:
             await self.network.ack(delivery.queue, delivery.mid)
             return
-        secrets = e2e.InviterSecrets.from_bytes(row[0])
+        secrets_blob, shared_as, auto_accept, inbound_blob = invitation
+        secrets = e2e.InviterSecrets.from_bytes(secrets_blob)
         try:
             request = e2e.open_request(secrets, delivery.body)
             details = payloads.decode(request.payload, expect={"request"})
             parse_node_address(details["reply"])
         except (e2e.E2EError, payloads.PayloadError, AddressError) as exc:
             self._event(
-                "warning",
-                None,
+                "warning", None,
                 f"refused a connection request for invitation {invitation_id}: {exc}. "
                 "Someone may have tampered with it; make a new invitation and share it in person if you can.",
             )
             await self.network.ack(delivery.queue, delivery.mid)
             return
-        provenance = "qr-screen" if row[1] == "qr" and details["via"] == "qr-image" else "link"
-        with self.db.transaction():
-            contact_id = self._insert_contact(None, role="inviter", state="pending", provenance=provenance)
-            self.db.execute(
-                "UPDATE contacts SET inbound = ?, handshake = ?, last_mid = ? WHERE id = ?",
-                (row[3], msgpack.packb({"secrets": row[0], "request": delivery.body}, use_bin_type=True), delivery.mid, contact_id),
-            )
-            self.db.execute("DELETE FROM invitations WHERE id = ?", (invitation_id,))
+        provenance = "qr-screen" if shared_as == "qr" and details["via"] == "qr-image" else "link"
+        with self.store.transaction():
+            if self.store.invitation(invitation_id) is None:
+                return  # answered meanwhile
+            contact_id = self.store.insert_contact(None, role="inviter", state=ContactState.PENDING,
+                                                   provenance=provenance, now=self._now())
+            handshake = msgpack.packb({"secrets": secrets_blob, "request": delivery.body}, use_bin_type=True)
+            self.store.update_contact(contact_id, inbound=inbound_blob, handshake=handshake, last_mid=delivery.mid)
+            self.store.delete_invitation(invitation_id)
+            self._event("request", f"request-{contact_id}",
+                        f"connection request {contact_id} (via {PROVENANCE_LABELS[provenance]})", request=contact_id)
         self._owners[delivery.queue.rid] = ("contact", contact_id)
         await self.network.ack(delivery.queue, delivery.mid)
-        self._event("request", f"request-{contact_id}", f"connection request {contact_id} (via {PROVENANCE_LABELS[provenance]})", request=contact_id)
-        if row[2]:
-            contact = await self.accept(contact_id)
-            self._event("accepted", contact.alias, f"accepted request {contact_id} automatically")
+        if auto_accept:
+            contact = await self.accept(contact_id, delay=self.timing.automatic_wait())
+            self._event("accepted", contact.alias, f"accepted request {contact_id} automatically", request=contact_id)
 
     async def _handle_accept(self, contact_id: int, alias: str, delivery: Delivery) -> None:
-        row = self.db.fetch_one("SELECT handshake, inbound, outbound FROM contacts WHERE id = ?", (contact_id,))
-        pending = e2e.JoinerPending.from_bytes(row[0])
+        handshake, inbound_blob, outbound_blob = self.store.contact_fields(contact_id, "handshake", "inbound", "outbound")
+        pending = e2e.JoinerPending.from_bytes(handshake)
         try:
             ratchet, plain = e2e.complete_join(pending, delivery.body, rng=self.rng)
             accept = payloads.decode(plain, expect={"accept"})
@@ -497,23 +704,22 @@ class Agent:
             self._event("warning", alias, f"the answer to your connection request failed: {exc}")
             await self.network.ack(delivery.queue, delivery.mid)
             return
-        inbound = await self.network.secure_queue(InboundQueue.from_bytes(row[1]), accept["skey"])
-        outbound = dataclasses.replace(OutboundQueue.from_bytes(row[2]), secured=True)
+        inbound = await self.network.secure_queue(InboundQueue.from_bytes(inbound_blob), accept["skey"])
+        outbound = dataclasses.replace(OutboundQueue.from_bytes(outbound_blob), secured=True)
         profile = accept["profile"]
-        with self.db.transaction():
-            self.db.execute(
-                "UPDATE contacts SET state = 'connected', display_name = ?, bio = ?, inbound = ?, outbound = ?, "
-                "handshake = NULL, ratchet = ?, send_chain = ?, recv_chain = ?, last_mid = ? WHERE id = ?",
-                (
-                    profile["name"], profile["bio"], inbound.to_bytes(), outbound.to_bytes(), ratchet.to_bytes(),
-                    e2e.SenderChain().to_bytes(), e2e.ReceiverChain().to_bytes(), delivery.mid, contact_id,
-                ),
+        with self.store.transaction():
+            connected = self.store.update_contact(
+                contact_id, expect_state=ContactState.REQUESTED,
+                state=ContactState.CONNECTED, display_name=profile["name"], bio=profile["bio"],
+                inbound=inbound.to_bytes(), outbound=outbound.to_bytes(), handshake=None, ratchet=ratchet.to_bytes(),
+                send_chain=e2e.SenderChain().to_bytes(), recv_chain=e2e.ReceiverChain().to_bytes(), last_mid=delivery.mid,
             )
-            self._queue_chat(contact_id, payloads.encode("profile", profile=self._my_profile()))
-            alias = self._adopt_display_name(contact_id, alias, profile["name"])
+            if connected:
+                self._queue_chat(contact_id, payloads.encode("profile", profile=self._my_profile()),
+                                 delay=self.timing.automatic_wait())
+                alias = self._adopt_display_name(contact_id, alias, profile["name"])
+                self._event("connected", alias, f"connected to {alias} ({profile['name']})")
         await self.network.ack(delivery.queue, delivery.mid)
-        self._event("connected", alias, f"connected to {alias} ({profile['name']})")
-        await self.flush(contact_id)
 
     def _adopt_display_name(self, contact_id: int, alias: str, display_name: str) -> str:
         """Rename a contact still under its default alias to its display name, if free."""
@@ -523,78 +729,63 @@ class Agent:
             new_alias = self._check_alias(display_name, exclude=contact_id)
         except AgentError:
             return alias
-        self.db.execute("UPDATE contacts SET alias = ? WHERE id = ?", (new_alias, contact_id))
+        self.store.update_contact(contact_id, alias=new_alias)
         return new_alias
 
-    async def _handle_ratchet_message(self, contact_id: int, alias: str, state: str, delivery: Delivery) -> None:
-        row = self.db.fetch_one("SELECT ratchet, recv_chain FROM contacts WHERE id = ?", (contact_id,))
-        try:
-            ratchet, plain = e2e.ratchet_decrypt(e2e.RatchetState.from_bytes(row[0]), delivery.body, rng=self.rng)
-            chain, verdict, body = e2e.ReceiverChain.from_bytes(row[1]).receive(plain)
-            payload = payloads.decode(body)
-        except e2e.ReplayError:
-            await self.network.ack(delivery.queue, delivery.mid)  # a duplicate of a message we already have
-            return
-        except (e2e.E2EError, payloads.PayloadError) as exc:
-            self._event("warning", alias, f"a message from {alias} could not be read and was dropped: {exc}")
-            await self.network.ack(delivery.queue, delivery.mid)
-            return
-        after_commit = []
-        with self.db.transaction():
-            self.db.execute(
-                "UPDATE contacts SET ratchet = ?, recv_chain = ?, last_mid = ? WHERE id = ?",
-                (ratchet.to_bytes(), chain.to_bytes(), delivery.mid, contact_id),
-            )
-            if verdict.verdict is not e2e.Verdict.DUPLICATE:
-                seq = e2e.decode_message(plain)[0].seq
-                alias = self._apply(contact_id, alias, state, seq, payload, verdict, delivery, after_commit)
+    async def _handle_ratchet_message(self, contact_id: int, delivery: Delivery) -> None:
+        after_commit: list = []
+        with self.store.transaction():
+            # Read, decrypt and write back in one transaction: nothing can change the ratchet in between.
+            state, alias, ratchet_blob, chain_blob = self.store.contact_fields(
+                contact_id, "state", "alias", "ratchet", "recv_chain")
+            try:
+                ratchet, plain = e2e.ratchet_decrypt(e2e.RatchetState.from_bytes(ratchet_blob), delivery.body, rng=self.rng)
+                chain, verdict, body = e2e.ReceiverChain.from_bytes(chain_blob).receive(plain)
+                payload = payloads.decode(body)
+            except e2e.ReplayError:
+                pass  # a duplicate of a message we already have
+            except (e2e.E2EError, payloads.PayloadError) as exc:
+                self._event("warning", alias, f"a message from {alias} could not be read and was dropped: {exc}")
+            else:
+                self.store.update_contact(contact_id, ratchet=ratchet.to_bytes(), recv_chain=chain.to_bytes(),
+                                          last_mid=delivery.mid)
+                if verdict.verdict is not e2e.Verdict.DUPLICATE:
+                    seq = e2e.decode_message(plain)[0].seq
+                    self._apply(contact_id, alias, state, seq, payload, verdict, delivery, after_commit)
         await self.network.ack(delivery.queue, delivery.mid)
         for action in after_commit:
             await action()
 
-    def _apply(self, contact_id, alias, state, seq, payload, verdict, delivery, after_commit) -> str:
-        """Apply one decrypted payload inside the receiving transaction; return the (maybe new) alias."""
+    def _apply(self, contact_id, alias, state, seq, payload, verdict, delivery, after_commit) -> None:
+        """Apply one decrypted payload inside the receiving transaction."""
         notice = None if verdict.verdict is e2e.Verdict.OK else f"{verdict.verdict.value}: {verdict.detail}"
         if notice:
             self._event("warning", alias, f"message from {alias}: {notice}")
         kind = payload.kind
         if kind == "profile":
-            self.db.execute(
-                "UPDATE contacts SET display_name = ?, bio = ? WHERE id = ?",
-                (payload["profile"]["name"], payload["profile"]["bio"], contact_id),
-            )
-            if state == "accepted":
-                outbound = self.db.fetch_one("SELECT outbound FROM contacts WHERE id = ?", (contact_id,))[0]
+            self.store.update_contact(contact_id, display_name=payload["profile"]["name"], bio=payload["profile"]["bio"])
+            if state == ContactState.ACCEPTED:
+                (outbound,) = self.store.contact_fields(contact_id, "outbound")
                 secured = dataclasses.replace(OutboundQueue.from_bytes(outbound), secured=True)
-                self.db.execute(
-                    "UPDATE contacts SET state = 'connected', outbound = ? WHERE id = ?", (secured.to_bytes(), contact_id)
-                )
+                self.store.update_contact(contact_id, state=ContactState.CONNECTED, outbound=secured.to_bytes())
                 alias = self._adopt_display_name(contact_id, alias, payload["profile"]["name"])
                 self._event("connected", alias, f"connected to {alias} ({payload['profile']['name']})")
-                after_commit.append(lambda: self.flush(contact_id))
         elif kind == "msg":
-            self.db.execute(
-                "INSERT OR IGNORE INTO messages (contact_id, direction, seq, text, state, notice, created_at) "
-                "VALUES (?, 'in', ?, ?, 'received', ?, ?)",
-                (contact_id, seq, payload["text"], notice, delivery.timestamp),
-            )
-            self._event("message", alias, payload["text"], seq=seq, time=delivery.timestamp)
-            self._queue_chat(contact_id, payloads.encode("rcpt", seq=seq))
-            after_commit.append(lambda: self.flush(contact_id))
+            message_id = self.store.add_incoming_message(contact_id, seq, payload["text"], notice, delivery.timestamp)
+            if message_id is not None:
+                self._event("message", alias, payload["text"], message=message_id, seq=seq, time=delivery.timestamp)
+                if self.timing.receipts != "off":
+                    self._queue_chat(contact_id, payloads.encode("rcpt", seq=seq), delay=self.timing.receipt_wait())
         elif kind == "rcpt":
-            updated = self.db.execute(
-                "UPDATE messages SET state = 'delivered' WHERE contact_id = ? AND direction = 'out' AND seq = ?",
-                (contact_id, payload["seq"]),
-            ).rowcount
-            if updated:
-                self._event("delivered", alias, f"message {payload['seq']} delivered", seq=payload["seq"])
+            message = self.store.mark_delivered(contact_id, payload["seq"])
+            if message is not None:
+                self._event("delivered", alias, f"delivered to {alias}: {_preview(message['text'])}",
+                            message=message["id"], seq=payload["seq"], sent=message["time"])
         elif kind == "qnew":
             self._switch_outbound(contact_id, payload)
             self._event("rotated", alias, f"{alias} moved your messages to a new queue")
-            after_commit.append(lambda: self.flush(contact_id))
         elif kind == "qdone":
             after_commit.append(lambda: self._retire_old_inbound(contact_id, alias))
-        return alias
 
     # --- rotation ------------------------------------------------------------------
 
@@ -607,67 +798,86 @@ class Agent:
         from then on; on ``qdone`` we delete the old queue. Nothing in flight is lost.
         """
         contact = self.contact(alias)
-        if contact.state != "connected":
-            raise AgentError(f"{alias} is not connected yet (state: {contact.state})")
-        row = self.db.fetch_one("SELECT inbound, next_inbound FROM contacts WHERE id = ?", (contact.id,))
-        if row[1] is not None:
-            raise AgentError(f"a rotation with {alias} is already under way; run 'onionpost receive' to finish it")
-        current = InboundQueue.from_bytes(row[0])
+        if contact.state != ContactState.CONNECTED:
+            raise AgentError(f"{contact.alias} is not connected yet (state: {contact.state})")
+        inbound_blob, next_inbound = self.store.contact_fields(contact.id, "inbound", "next_inbound")
+        if next_inbound is not None:
+            raise AgentError(f"a rotation with {contact.alias} is already under way")
+        current = InboundQueue.from_bytes(inbound_blob)
         relay = self._pick_relay(avoid=current.relay)
         fresh = await self._network_call(self.network.create_queue(relay), relay.address)
         sender_public, sender_secret = new_sender_key(self.rng)
         fresh = await self._network_call(self.network.secure_queue(fresh, sender_public), relay.address)
-        with self.db.transaction():
-            self.db.execute("UPDATE contacts SET next_inbound = ? WHERE id = ?", (fresh.to_bytes(), contact.id))
-            self._queue_chat(contact.id, payloads.encode("qnew", relay=relay.address, snd=fresh.snd, skey=sender_secret))
-        await self.flush(contact.id)
+        with self.store.transaction():
+            (next_inbound,) = self.store.contact_fields(contact.id, "next_inbound")
+            started = next_inbound is None
+            if started:
+                self.store.update_contact(contact.id, next_inbound=fresh.to_bytes())
+                self._queue_chat(contact.id, payloads.encode("qnew", relay=relay.address, snd=fresh.snd, skey=sender_secret))
+        if not started:
+            await self._delete_quietly(fresh)
+            raise AgentError(f"a rotation with {contact.alias} is already under way")
+        self._watch(fresh, "contact", contact.id, fresh=True)
+        self._wake_sender()
         return relay.address
 
     def _switch_outbound(self, contact_id: int, payload) -> None:
-        old = OutboundQueue.from_bytes(self.db.fetch_one("SELECT outbound FROM contacts WHERE id = ?", (contact_id,))[0])
+        (old_blob,) = self.store.contact_fields(contact_id, "outbound")
+        old = OutboundQueue.from_bytes(old_blob)
         try:
             parse_node_address(payload["relay"])
             new = OutboundQueue(payload["relay"], payload["snd"], payload["skey"], secured=True)
         except (AddressError, TypeError, ValueError):
             return
-        self._queue_chat(contact_id, payloads.encode("qdone"), queue=old)
-        self.db.execute("UPDATE contacts SET outbound = ? WHERE id = ?", (new.to_bytes(), contact_id))
+        self._queue_chat(contact_id, payloads.encode("qdone"), queue=old, delay=self.timing.automatic_wait())
+        self.store.update_contact(contact_id, outbound=new.to_bytes())
 
     async def _retire_old_inbound(self, contact_id: int, alias: str) -> None:
-        row = self.db.fetch_one("SELECT inbound, next_inbound FROM contacts WHERE id = ?", (contact_id,))
-        if row is None or row[1] is None:
-            return
-        old = InboundQueue.from_bytes(row[0])
-        with self.db.transaction():
-            self.db.execute("UPDATE contacts SET inbound = next_inbound, next_inbound = NULL WHERE id = ?", (contact_id,))
-        self.network.unsubscribe(old)
-        self._owners.pop(old.rid, None)
-        try:
-            await self.network.delete_queue(old)
-        except (LinkClosed, RelayError, NoRelayError, OSError):
-            pass  # the relay purges nothing else; an orphan queue expires with its messages
-        self._event("rotated", alias, f"the connection with {alias} now uses a new queue")
+        with self.store.transaction():
+            row = self.store.contact_fields(contact_id, "inbound", "next_inbound")
+            if row is None or row[1] is None:
+                return
+            old = InboundQueue.from_bytes(row[0])
+            self.store.update_contact(contact_id, inbound=row[1], next_inbound=None)
+            self._event("rotated", alias, f"the connection with {alias} now uses a new queue")
+        self._unwatch(old)
+        await self._delete_quietly(old)
 
     # --- helpers ---------------------------------------------------------------------
 
     def queue_tags(self) -> list[dict]:
         """Each of our queues with the isolation tag its traffic uses (for showing circuits)."""
+        self.network.load_contact_tags(self._contact_tags())
         rows = []
-        for alias, *blobs in self.db.fetch_all(
-            "SELECT alias, inbound, outbound FROM contacts WHERE profile_id = ? AND state = 'connected' ORDER BY id",
-            (self.profile.id,),
-        ):
-            for blob, kind, direction in zip(blobs, (InboundQueue, OutboundQueue), ("from", "to")):
+        for _id, alias, inbound, _next, outbound in self.store.queue_blobs(states=(ContactState.CONNECTED,)):
+            for blob, kind, direction in ((inbound, InboundQueue, "from"), (outbound, OutboundQueue, "to")):
                 if blob is not None:
                     queue = kind.from_bytes(blob)
-                    rows.append({"contact": alias, "direction": direction, "relay": queue.relay, "tag": self.network.tag_of(queue)})
+                    rows.append({"contact": alias, "direction": direction, "relay": queue.relay,
+                                 "tag": self.network.tag_of(queue)})
         return rows
 
     async def _network_call(self, call, relay: str):
         try:
             return await call
         except RelayError as exc:
-            hint = " (ask the relay operator for an access key: 'onionpost relay add ADDRESS --access-key KEY')" if exc.code == "ACCESS" else ""
-            raise AgentError(f"relay refused: {exc}{hint}") from None
+            raise AgentError(f"relay refused: {exc}") from exc
         except (LinkClosed, NoRelayError, OSError, asyncio.TimeoutError) as exc:
-            raise AgentError(f"cannot reach relay {relay}: {exc}") from None
+            raise AgentError(f"cannot reach relay {relay}: {exc or type(exc).__name__}") from None
+
+
+def _preview(text: str, length: int = 40) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= length else text[: length - 1] + "…")
+
+
+def _relay_answer(exc: BaseException) -> str:
+    if isinstance(exc, RelayError):
+        meaning = {
+            "NO_QUEUE": "the invitation's queue does not exist (it was used or withdrawn)",
+            "LIMIT": "the invitation was already answered as often as it allows",
+            "UNREACHABLE": "the inviter's relay cannot be reached",
+            "AUTH": "the invitation's queue no longer takes requests",
+        }.get(exc.code)
+        return f"{meaning} ({exc.code})" if meaning else f"the relay refused: {exc}"
+    return f"no relay could be reached ({exc or type(exc).__name__})"

@@ -1,10 +1,12 @@
-"""The client's commands: profiles, relays, invitations, contacts, messages.
+"""The client's commands: profiles, relays, invitations, contacts, messages, the daemon.
 
-``register(app)`` adds them to the ``onionpost`` command. Every command takes
-``--home``, ``--profile`` and ``--json`` (before or after the command name).
-User mistakes print one line on stderr and exit non-zero; nothing here prints
-a traceback for them.
+``register(app)`` adds them to the ``onionpost`` command. Each command calls
+one method of ``client/api.py``: through the daemon when one runs for the
+home (no password, no tor start), else one-shot in this process. Output,
+``--json`` and exit codes are the same either way. User mistakes print one
+line on stderr and exit non-zero; nothing here prints a traceback for them.
 """
+
 
 import asyncio
 import functools
@@ -12,41 +14,39 @@ import getpass
 import inspect
 import json
 import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import platformdirs
 import typer
 
-from onionpost.proto import parse_node_address
-
-from . import e2e
-from .agent import Agent, AgentError
-from .db import Database, DatabaseError, NoDatabaseError, open_database
-from .invitation import InvitationError
-from .profiles import (
-    ProfileError,
-    add_relay,
-    create_profile,
-    delete_profile,
-    get_profile,
-    list_profiles,
-    list_relays,
-    remove_relay,
-    use_profile,
-)
-from .qr import QRReadError, qr_png, qr_terminal, read_qr_image
-from .tor import ISOLATION_MODES, ClientTor, TorSettings, parse_host_port
+# Only what every command needs is imported here: with a daemon running, a command is a
+# JSON-RPC call and must start fast. The agent, the store, tor and the QR code modules are
+# imported where a command needs them (the one-shot path, invite, verify, ...).
+from .home import HomeBusy, HomeNotPrivate, check_private, is_locked, owner_pid
+from .rpc import DaemonClient, RpcError
 
 HOME_ENV = "ONIONPOST_HOME"
 PASSWORD_ENV = "ONIONPOST_PASSWORD"
 TESTNET_ENV = "ONIONPOST_TESTNET"
+DEFAULT_HOME = platformdirs.user_data_dir("onionpost")
 
-HomeOpt = Annotated[Optional[Path], typer.Option("--home", help=f"Data directory (env {HOME_ENV}).", show_default=False)]
+HomeOpt = Annotated[Optional[Path], typer.Option(
+    "--home", help=f"Data folder (default: ${HOME_ENV}, else {DEFAULT_HOME}).", show_default=False)]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile to act as (default: the current one).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+# What to tell the user after an error of each kind (the API itself gives no CLI hints).
+HINTS = {
+    "no_contact": "see 'onionpost contacts'",
+    "no_request": "see 'onionpost requests'",
+    "no_relay": "add one with 'onionpost relay add ADDRESS'",
+    "relay_access": "ask the relay's operator for an access key: 'onionpost relay add ADDRESS --access-key KEY'",
+    "needs_daemon": "start one with 'onionpost daemon'",
+}
 
 
 class Options:
@@ -59,38 +59,36 @@ class Options:
     tor_socks: str | None = None
     tor_control: int | None = None
     isolation: str = "queue"
+    link_spread: float | None = None
+    receipts: str | None = None
+    receipt_delay: float | None = None
+    daemon: bool = False  # the last command went through a running daemon
 
 
 _options = Options()
 
 
 class UserError(Exception):
-    pass
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _home(home: Path | None) -> Path:
     chosen = home or _options.home or os.environ.get(HOME_ENV)
-    return Path(chosen) if chosen else Path(platformdirs.user_data_dir("onionpost"))
+    return Path(chosen) if chosen else Path(DEFAULT_HOME)
 
 
-def _password(*, confirm: bool) -> str:
+def _password(home: Path, *, confirm: bool) -> str:
     password = os.environ.get(PASSWORD_ENV)
     if password:
         return password
     if not sys.stdin.isatty():
         raise UserError(f"no password: set {PASSWORD_ENV} or run in a terminal")
-    password = getpass.getpass("Password for your onionpost data: ")
+    password = getpass.getpass(f"Password for {home}: ")
     if confirm and getpass.getpass("Same password again: ") != password:
         raise UserError("the two passwords differ")
     return password
-
-
-def _open(home: Path | None, *, create: bool = False) -> Database:
-    path = _home(home)
-    try:
-        return open_database(path, _password(confirm=create and not (path / "onionpost.db").exists()), create=create)
-    except NoDatabaseError:
-        raise UserError(f"no onionpost data in {path}: create a profile first with 'onionpost profile create NAME'") from None
 
 
 def _emit(data, text: str | None, json_out: bool) -> None:
@@ -101,26 +99,38 @@ def _emit(data, text: str | None, json_out: bool) -> None:
 
 
 def command(func):
-    """Turn user errors into one line on stderr and exit status 1."""
+    """Turn user errors into one line on stderr and an exit status."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (UserError, AgentError, ProfileError, DatabaseError, InvitationError, QRReadError, e2e.E2EError, ValueError) as exc:
+        except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if not isinstance(exc, _user_errors()):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .db import DatabaseError
+    from .qr import QRReadError
+
+    return DatabaseError, QRReadError, HomeBusy, HomeNotPrivate, ValueError
 
 
 _NETWORK_PARAMETERS = [
     inspect.Parameter(
         "testnet", inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[Optional[Path], typer.Option("--testnet", envvar=TESTNET_ENV, help="Use the private Tor network in this directory ('onionpost testnet up').")],
+        annotation=Annotated[Optional[Path], typer.Option("--testnet", envvar=TESTNET_ENV, help="Use the private Tor network in this folder ('onionpost testnet up').")],
     ),
     inspect.Parameter(
         "tor_socks", inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -153,7 +163,9 @@ def network_command(func):
     return wrapper
 
 
-def _tor_settings() -> TorSettings:
+def _tor_settings():
+    from .tor import ISOLATION_MODES, TorSettings, parse_host_port
+
     if _options.isolation not in ISOLATION_MODES:
         raise UserError(f"--isolation must be one of {', '.join(ISOLATION_MODES)}")
     socks = parse_host_port(_options.tor_socks, "--tor-socks") if _options.tor_socks else None
@@ -162,166 +174,199 @@ def _tor_settings() -> TorSettings:
     return TorSettings(socks=socks, control=_options.tor_control, testnet=_options.testnet)
 
 
-def _run_agent(home, profile_name, action, *, network: bool = True):
-    """Open the store, build an agent for the profile, run ``action(agent)``, close everything.
+def _timing(*, daemon: bool):
+    """The timing defences (docs/privacy.md). A one-shot command opens and closes its links with the
+    command, so it spreads nothing; its receipts ride with the next message you send, and other
+    automatic messages leave after a short random delay that ``receive`` waits for."""
+    from .timing import TimingPolicy
 
-    Tor is started (or attached to) only when one of the profile's relays is an onion service.
-    """
-    db = _open(home)
-    tor = None
+    base = TimingPolicy() if daemon else TimingPolicy(spread=0.0, link_lifetime=0.0, receipts="next", automatic_delay=2.0)
+    changes = {}
+    if _options.link_spread is not None:
+        changes["spread"] = _options.link_spread
+    if _options.receipts is not None:
+        changes["receipts"] = _options.receipts
+    if _options.receipt_delay is not None:
+        changes["receipt_delay"] = changes["automatic_delay"] = _options.receipt_delay
+        changes.setdefault("receipts", "delay")
     try:
-        profile = get_profile(db, profile_name or _options.profile)
-        settings = _tor_settings()
-        needs_tor = network and any(parse_node_address(r.address).is_onion for r in list_relays(db, profile))
+        return TimingPolicy(**{**base.__dict__, **changes})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
-        async def main():
-            nonlocal tor
-            connector = None
-            if needs_tor:
-                tor = ClientTor(_home(home), settings)
-                try:
-                    connector = await tor.start()
-                except RuntimeError as exc:
-                    raise UserError(str(exc)) from None
-            agent = Agent(db, profile, connector=connector, isolation=_options.isolation)
+
+def _fail(exc) -> None:
+    """An API error (from the daemon, or one-shot) as the CLI's one line and exit code."""
+    data = exc.data if isinstance(exc, RpcError) else {"kind": exc.kind, "exit_code": exc.exit_code}
+    hint = HINTS.get(data.get("kind"))
+    raise UserError(f"{exc.message}" + (f" ({hint})" if hint else ""), data.get("exit_code", 1))
+
+
+def _invoke(method: str, params: dict, home: Path | None, *, emit=None) -> Any:
+    """Run one API method: through the home's daemon if one answers, else one-shot here."""
+    path = _home(home)
+    params = {k: v for k, v in params.items() if v is not None}
+    client = DaemonClient.connect(path) if path.is_dir() else None
+    _options.daemon = client is not None
+    if client is not None:
+        with client:
             try:
-                return await action(agent), agent
-            finally:
-                await agent.close()
+                return client.call(method, params)
+            except RpcError as exc:
+                _fail(exc)
+    return _oneshot(path, method, params, emit=emit)
 
+
+def _oneshot(home: Path, method: str, params: dict, *, emit=None) -> Any:
+    from . import api
+    from .db import NoDatabaseError
+    from .runtime import ClientRuntime
+
+    spec = api.METHODS[method]
+    if spec.daemon_only:
+        raise UserError(f"{method} needs a running daemon (start one with 'onionpost daemon')")
+    creating = method == "profile.create" and not (home / "onionpost.db").exists()
+    if spec.writes and is_locked(home):
+        raise HomeBusy(home, owner_pid(home))  # before the password prompt
+    settings = _tor_settings() if spec.network else None
+    try:
+        runtime = ClientRuntime.open(home, _password(home, confirm=creating), create=creating, lock=spec.writes,
+                                     tor_settings=settings, isolation=_options.isolation,
+                                     timing=_timing(daemon=False))
+    except NoDatabaseError:
+        raise UserError(f"no onionpost data in {home}: create a profile first with 'onionpost profile create NAME'") from None
+
+    async def main():
+        try:
+            return await api.call(api.Context(runtime, "oneshot", emit=emit), method, params)
+        finally:
+            await runtime.close()
+
+    try:
         return asyncio.run(main())
-    finally:
-        if tor is not None:
-            tor.stop()
-        db.close()
+    except api.ApiError as exc:
+        _fail(exc)
 
 
 def _time(ts: int | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else ""
 
 
-def _event_line(event) -> str:
-    if event.kind == "message":
-        return f"[{_time(event.data.get('time'))}] {event.contact}: {event.text}"
-    who = f"{event.contact}: " if event.contact and event.kind not in ("connected", "request") else ""
-    return f"* {who}{event.text}"
+def _event_line(event: dict) -> str:
+    if event["kind"] == "message":
+        earlier = "  (earlier)" if event.get("earlier") else ""
+        return f"[{_time(event.get('time'))}] {event['contact']}: {event['text']}{earlier}"
+    who = f"{event['contact']}: " if event.get("contact") and event["kind"] not in ("connected", "request", "delivered") else ""
+    return f"* {who}{event['text']}"
 
 
-def _events_json(events) -> list[dict]:
-    return [{"kind": e.kind, "contact": e.contact, "text": e.text, **e.data} for e in events]
+def _grouped_lines(events: list[dict]) -> list[str]:
+    """One line per event, but a run of receipts from one contact becomes one line."""
+    lines: list[str] = []
+    run: list[dict] = []
+
+    def close_run():
+        if len(run) > 2:
+            lines.append(f"* delivered to {run[0]['contact']}: {len(run)} messages, the last {run[-1]['text'].split(': ', 1)[-1]}")
+        else:
+            lines.extend(_event_line(e) for e in run)
+        run.clear()
+
+    for event in events:
+        if event["kind"] == "delivered" and (not run or run[0]["contact"] == event["contact"]):
+            run.append(event)
+            continue
+        close_run()
+        if event["kind"] == "delivered":
+            run.append(event)
+        else:
+            lines.append(_event_line(event))
+    close_run()
+    return lines
 
 
 # --- profile -----------------------------------------------------------------------
 
-profile_app = typer.Typer(help="Create, list, switch and delete profiles.", no_args_is_help=True)
+profile_app = typer.Typer(help="Create, list, switch and delete profiles.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @profile_app.command("create")
 @command
 def profile_create(
-    name: str,
+    name: Annotated[str, typer.Argument(help="Your local name for the profile (never sent to anyone).")],
     display_name: Annotated[Optional[str], typer.Option("--display-name", help="Shown to accepted contacts (default: NAME).")] = None,
     bio: Annotated[str, typer.Option("--bio", help="Optional text shown to accepted contacts.")] = "",
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ):
     """Create a profile (the first one also creates your encrypted data store)."""
-    db = _open(home, create=True)
-    try:
-        profile = create_profile(db, name, display_name, bio)
-    finally:
-        db.close()
-    _emit({"name": profile.name, "display_name": profile.display_name, "bio": profile.bio},
-          f"created profile {profile.name!r} (display name {profile.display_name!r})", json_out)
+    result = _invoke("profile.create", {"name": name, "display_name": display_name, "bio": bio}, home)
+    _emit(result, f"created profile {result['name']!r} (display name {result['display_name']!r})\n"
+                  "next: trust a relay with 'onionpost relay add ADDRESS'", json_out)
 
 
 @profile_app.command("list")
 @command
 def profile_list(home: HomeOpt = None, json_out: JsonOpt = False):
     """List profiles; the current one is marked with *."""
-    db = _open(home)
-    try:
-        profiles = list_profiles(db)
-        current = get_profile(db).id if profiles else None
-    finally:
-        db.close()
-    rows = [{"name": p.name, "display_name": p.display_name, "current": p.id == current} for p in profiles]
+    rows = _invoke("profile.list", {}, home)
     text = "\n".join(f"{'*' if r['current'] else ' '} {r['name']}  ({r['display_name']})" for r in rows) or "no profiles"
     _emit(rows, text, json_out)
 
 
 @profile_app.command("use")
 @command
-def profile_use(name: str, home: HomeOpt = None, json_out: JsonOpt = False):
+def profile_use(name: Annotated[str, typer.Argument(help="The profile to switch to.")], home: HomeOpt = None,
+                json_out: JsonOpt = False):
     """Make NAME the current profile."""
-    db = _open(home)
-    try:
-        profile = use_profile(db, name)
-    finally:
-        db.close()
-    _emit({"current": profile.name}, f"now using profile {profile.name!r}", json_out)
+    result = _invoke("profile.use", {"name": name}, home)
+    _emit(result, f"now using profile {result['current']!r}", json_out)
 
 
 @profile_app.command("delete")
 @command
-def profile_delete(name: str, home: HomeOpt = None, json_out: JsonOpt = False):
+def profile_delete(name: Annotated[str, typer.Argument(help="The profile to delete.")], home: HomeOpt = None,
+                   json_out: JsonOpt = False):
     """Delete a profile with its contacts and history from this device."""
-    db = _open(home)
-    try:
-        profile = delete_profile(db, name)
-    finally:
-        db.close()
-    _emit({"deleted": profile.name}, f"deleted profile {profile.name!r}", json_out)
+    result = _invoke("profile.delete", {"name": name}, home)
+    _emit(result, f"deleted profile {result['deleted']!r}", json_out)
 
 
 # --- relay -------------------------------------------------------------------------
 
-relay_app = typer.Typer(help="The relays this profile trusts: its queues live there, its messages leave through them.", no_args_is_help=True)
+relay_app = typer.Typer(help="The relays this profile trusts: its queues live there, its messages leave through them.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @relay_app.command("add")
 @command
 def relay_add(
-    address: str,
+    address: Annotated[str, typer.Argument(help="The relay's address, as 'onionpost node address' prints it.")],
     access_key: Annotated[Optional[str], typer.Option("--access-key", help="The relay's key for creating queues.")] = None,
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ):
     """Trust a relay (an address printed by 'onionpost node address')."""
-    db = _open(home)
-    try:
-        owner = get_profile(db, profile or _options.profile)
-        relay = add_relay(db, owner, address, access_key)
-    finally:
-        db.close()
-    _emit({"address": relay.address, "access_key": bool(relay.access_key)}, f"added relay {relay.address}", json_out)
+    result = _invoke("relay.add", {"address": address, "access_key": access_key, "profile": profile or _options.profile}, home)
+    _emit(result, f"added relay {result['address']}", json_out)
 
 
 @relay_app.command("list")
 @command
 def relay_list(home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
     """List the profile's trusted relays."""
-    db = _open(home)
-    try:
-        relays = list_relays(db, get_profile(db, profile or _options.profile))
-    finally:
-        db.close()
-    rows = [{"address": r.address, "access_key": bool(r.access_key)} for r in relays]
+    rows = _invoke("relay.list", {"profile": profile or _options.profile}, home)
     text = "\n".join(r["address"] + ("  (access key set)" if r["access_key"] else "") for r in rows) or "no relays"
     _emit(rows, text, json_out)
 
 
 @relay_app.command("remove")
 @command
-def relay_remove(address: str, home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
+def relay_remove(address: Annotated[str, typer.Argument(help="The relay's address.")], home: HomeOpt = None,
+                 profile: ProfileOpt = None, json_out: JsonOpt = False):
     """Stop trusting a relay."""
-    db = _open(home)
-    try:
-        relay = remove_relay(db, get_profile(db, profile or _options.profile), address)
-    finally:
-        db.close()
-    _emit({"removed": relay.address}, f"removed relay {relay.address}", json_out)
+    result = _invoke("relay.remove", {"address": address, "profile": profile or _options.profile}, home)
+    _emit(result, f"removed relay {result['removed']}", json_out)
 
 
 # --- conversations ------------------------------------------------------------------------
@@ -338,18 +383,22 @@ def invite(
     json_out: JsonOpt = False,
 ):
     """Make a one-time invitation: a link, and a QR code to show on screen."""
-    (invitation_id, link), _ = _run_agent(
-        home, profile, lambda agent: agent.invite(auto_accept=auto_accept, shared_as="link" if link_only else "qr")
-    )
+    from .qr import qr_png, qr_terminal
+
+    result = _invoke("invite", {"link_only": link_only, "auto_accept": auto_accept, "profile": profile or _options.profile}, home)
+    link = result["link"]
     if png is not None:
         qr_png(link, png)
     if json_out or _options.json:
-        _emit({"invitation": invitation_id, "link": link, "png": str(png) if png else None}, None, True)
+        _emit(result | {"png": str(png) if png else None}, None, True)
         return
     print(link)
     if not link_only:
         print(qr_terminal(link))
         print("Show this QR code to your contact in person if you can; a forwarded link is easier to intercept.")
+    if png is not None:
+        print(f"QR code written to {png}")
+    print("next: they run 'onionpost connect LINK' (or --qr IMAGE); then 'onionpost receive' shows their request")
 
 
 @command
@@ -365,138 +414,160 @@ def connect(
     """Answer an invitation: send a connection request."""
     if (link is None) == (qr is None):
         raise UserError("give either an invitation LINK or --qr FILE")
+    from .qr import read_qr_image
+
     via = "qr-image" if qr is not None else "link"
     text = read_qr_image(qr) if qr is not None else link
-    contact, agent = _run_agent(home, profile, lambda agent: agent.connect(text, via=via, alias=alias))
-    _emit(
-        {"contact": contact.alias, "state": contact.state, "via": via},
-        f"request sent; {contact.alias} appears once they accept ('onionpost receive')",
-        json_out,
-    )
+    result = _invoke("connect", {"link": text, "via": via, "alias": alias, "profile": profile or _options.profile}, home)
+    _emit(result, f"request delivered to their relay; {result['contact']} appears once they accept ('onionpost receive')", json_out)
 
 
 @command
 def requests(home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
     """List connection requests waiting for your answer."""
-    pending, _ = _run_agent(home, profile, _async(lambda agent: agent.requests()), network=False)
-    rows = [{"request": c.id, "via": c.assurance} for c in pending]
+    rows = _invoke("requests", {"profile": profile or _options.profile}, home)
     text = "\n".join(f"{r['request']}  (invitation shared by {r['via']})" for r in rows) or "no pending requests"
     _emit(rows, text, json_out)
+
+
+RequestArg = Annotated[int, typer.Argument(help="Request number from 'onionpost requests'.")]
+ContactArg = Annotated[str, typer.Argument(help="The contact's name, as 'onionpost contacts' lists it (case does not matter).")]
 
 
 @command
 @network_command
 def accept(
-    request: Annotated[int, typer.Argument(help="Request number from 'onionpost requests'.")],
+    request: RequestArg,
     alias: Annotated[Optional[str], typer.Option("--alias", help="Your name for this contact.")] = None,
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ):
     """Accept a connection request; profiles are exchanged after this."""
-    contact, _ = _run_agent(home, profile, lambda agent: agent.accept(request, alias=alias))
-    _emit({"contact": contact.alias, "state": contact.state}, f"accepted: {contact.alias}", json_out)
+    result = _invoke("accept", {"request": request, "alias": alias, "profile": profile or _options.profile}, home)
+    _emit(result, f"accepted: {result['contact']}", json_out)
 
 
 @command
 @network_command
-def reject(
-    request: Annotated[int, typer.Argument(help="Request number from 'onionpost requests'.")],
-    home: HomeOpt = None,
-    profile: ProfileOpt = None,
-    json_out: JsonOpt = False,
-):
+def reject(request: RequestArg, home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
     """Reject a connection request and delete its queue."""
-    _run_agent(home, profile, lambda agent: agent.reject(request))
-    _emit({"rejected": request}, f"rejected request {request}", json_out)
+    result = _invoke("reject", {"request": request, "profile": profile or _options.profile}, home)
+    _emit(result, f"rejected request {result['rejected']}", json_out)
 
 
 @command
 def contacts(home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
-    """List contacts: state, how the key travelled, verified or not."""
-    found, _ = _run_agent(home, profile, _async(lambda agent: agent.contacts()), network=False)
-    rows = [
-        {"alias": c.alias, "display_name": c.display_name, "state": c.state, "key_via": c.provenance,
-         "assurance": c.assurance, "verified": c.verified}
-        for c in found
-    ]
-    text = "\n".join(f"{r['alias']:<20} {r['state']:<10} {r['assurance']}" for r in rows) or "no contacts"
-    _emit(rows, text, json_out)
+    """List contacts: state, how the key travelled, verified or not, unread messages."""
+    rows = _invoke("contacts", {"profile": profile or _options.profile}, home)
+    lines = []
+    for r in rows:
+        unread = f"  {r['unread']} unread" if r["unread"] else ""
+        lines.append(f"{r['alias']:<20} {r['state']:<10} {r['assurance']}{unread}")
+    _emit(rows, "\n".join(lines) or "no contacts", json_out)
 
 
 @command
 @network_command
 def send(
-    contact: str,
-    text: str,
+    contact: ContactArg,
+    text: Annotated[str, typer.Argument(help="The message.")],
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ):
-    """Send a message (kept pending and retried if the relay is unreachable)."""
-    row, _ = _run_agent(home, profile, lambda agent: agent.send(contact, text))
-    note = "sent" if row["state"] == "sent" else "pending: will be retried by 'onionpost receive' or the next send"
-    _emit(row, f"to {contact}: {note}", json_out)
+    """Send a message (kept in the outbox and retried if the relay is unreachable)."""
+    row = _invoke("send", {"contact": contact, "text": text, "profile": profile or _options.profile}, home)
+    pending = ("queued; the daemon delivers it ('onionpost receive --follow' shows when)" if _options.daemon else
+               "queued: the relay could not be reached; your next command (or 'onionpost daemon') retries")
+    notes = {"sent": "sent", "delivered": "delivered", "pending": pending}
+    _emit(row, f"to {row['contact']}: {notes.get(row['state'], row['state'])}", json_out)
 
 
 @command
 @network_command
 def receive(
     wait: Annotated[float, typer.Option("--wait", min=0, help="Return after this many seconds without news.")] = 5.0,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep printing events until Ctrl-C (needs the daemon).")] = False,
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ):
-    """Fetch and store what arrived, acknowledge it, send what is pending."""
-    events, _ = _run_agent(home, profile, lambda agent: agent.receive(wait))
-    _emit(_events_json(events), "\n".join(_event_line(e) for e in events) or "nothing new", json_out)
+    """Show what arrived (fetching and acknowledging it, without a daemon) and send what is pending."""
+    as_json = json_out or _options.json
+    if follow:
+        _follow(home, as_json)
+        return
+    streamed = []
+
+    def emit(event) -> None:  # one-shot: each event as it happens, so Ctrl-C loses nothing shown
+        streamed.append(event.id)
+        if not as_json:
+            print(_event_line(event.to_json()), flush=True)
+
+    events = _invoke("receive", {"wait": wait, "profile": profile or _options.profile}, home, emit=emit)
+    if as_json:
+        _emit(events, None, True)
+    elif not streamed:
+        print("\n".join(_grouped_lines(events)) or "nothing new")
+
+
+def _follow(home: Path | None, as_json: bool) -> None:
+    client = DaemonClient.connect(_home(home))
+    if client is None:
+        raise UserError("--follow needs a running daemon for this home (start one with 'onionpost daemon')")
+    with client:
+        client.call("events.subscribe", {})
+        for message in client.notifications():
+            event = message["params"]
+            print(json.dumps(event, ensure_ascii=False) if as_json else _event_line(event), flush=True)
 
 
 @command
 def history(
-    contact: str,
+    contact: ContactArg,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many recent messages.")] = 50,
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ):
     """Show the conversation with CONTACT."""
-    rows, _ = _run_agent(home, profile, _async(lambda agent: agent.history(contact, limit)), network=False)
+    rows = _invoke("history", {"contact": contact, "limit": limit, "profile": profile or _options.profile}, home)
     lines = []
     for r in rows:
         who = "you" if r["direction"] == "out" else contact
         state = f"  ({r['state']})" if r["direction"] == "out" else ""
         notice = f"  [{r['notice']}]" if r["notice"] else ""
-        lines.append(f"[{_time(r['time'])}] {who}: {r['text']}{state}{notice}")
+        lines.append(f"#{r['id']} [{_time(r['time'])}] {who}: {r['text']}{state}{notice}")
     _emit(rows, "\n".join(lines) or "no messages", json_out)
 
 
 @command
 def verify(
-    contact: str,
-    code: Annotated[Optional[str], typer.Option("--code", help="The code your contact reads to you.")] = None,
+    contact: ContactArg,
+    code: Annotated[Optional[str], typer.Option("--code", help="The code your contact reads to you (12 groups of 5 digits).")] = None,
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ):
     """Show the security code for CONTACT, or check the code they read to you."""
+    result = _invoke("verify", {"contact": contact, "code": code, "profile": profile or _options.profile}, home)
     if code is None:
-        security_code, _ = _run_agent(home, profile, _async(lambda agent: agent.security_code(contact)), network=False)
         if json_out or _options.json:
-            _emit({"contact": contact, "code": security_code}, None, True)
+            _emit(result, None, True)
             return
-        print(f"Security code with {contact} (compare it with theirs, in person or on a call):")
-        print(e2e.format_code(security_code.replace(" ", ""), 4))
-        print(qr_terminal(security_code))
+        from .e2e import format_code
+
+        print(f"Security code with {result['contact']} (compare it with theirs, in person or on a call):")
+        print(format_code(result["code"].replace(" ", ""), 4))
         return
-    matched, _ = _run_agent(home, profile, _async(lambda agent: agent.verify(contact, code)), network=False)
     if json_out or _options.json:
-        _emit({"contact": contact, "verified": matched}, None, True)
-    elif matched:
-        print(f"codes match: {contact} is now verified")
-    if not matched:
+        _emit(result, None, True)
+    elif result["verified"]:
+        print(f"codes match: {result['contact']} is now verified")
+    if not result["verified"]:
         typer.echo(
-            f"WARNING: the codes DO NOT MATCH. Someone may be intercepting your conversation with {contact}. "
+            f"WARNING: the codes DO NOT MATCH. Someone may be intercepting your conversation with {result['contact']}. "
             "Do not trust it; make a new invitation and exchange it in person.",
             err=True,
         )
@@ -505,17 +576,79 @@ def verify(
 
 @command
 @network_command
-def rotate(contact: str, home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
+def rotate(contact: ContactArg, home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
     """Move the connection to fresh queues (new ids and keys)."""
-    relay, _ = _run_agent(home, profile, lambda agent: agent.rotate(contact))
-    _emit({"contact": contact, "relay": relay}, f"rotation started: {contact} will move to a new queue on {relay}", json_out)
+    result = _invoke("rotate", {"contact": contact, "profile": profile or _options.profile}, home)
+    _emit(result, f"rotation started: {result['contact']} will move to a new queue on {result['relay']}", json_out)
 
 
-def _async(func):
-    async def run(agent):
-        return func(agent)
+@command
+def status(home: HomeOpt = None, json_out: JsonOpt = False):
+    """Show the client's state: profiles, relays, contacts, outbox, unread."""
+    result = _invoke("status", {}, home)
+    lines = [f"{result['home']} ({'daemon running' if result['mode'] == 'daemon' else 'no daemon'}; tor {result['tor']})"]
+    for p in result["profiles"]:
+        lines.append(f"  {p['name']}: {p['contacts']} contacts, {p['unread']} unread, {p['outbox']} in the outbox, "
+                     f"{len(p['relays'])} relays")
+    _emit(result, "\n".join(lines), json_out)
 
-    return run
+
+# --- the daemon -----------------------------------------------------------------------------
+
+
+@command
+@network_command
+def daemon(
+    home: HomeOpt = None,
+    link_spread: Annotated[Optional[float], typer.Option("--link-spread", min=0, help="Seconds over which queue links (re)open, each at its own random time (docs/privacy.md). Default 20.")] = None,
+    receipts: Annotated[Optional[str], typer.Option("--receipts", help="Delivery receipts: delay (default: each after its own random delay), next (with your next message) or off.")] = None,
+    receipt_delay: Annotated[Optional[float], typer.Option("--receipt-delay", min=0, help="Mean seconds a receipt or other automatic message waits. Default 20 (receipts), 5 (others).")] = None,
+):
+    """Keep the client running: stay connected, serve the local API on HOME/daemon.sock (docs/api.md)."""
+    from . import api
+    from .daemon import Daemon
+    from .runtime import ClientRuntime
+    from .timing import RECEIPT_MODES
+
+    _options.link_spread = link_spread if link_spread is not None else _options.link_spread
+    _options.receipts = receipts or _options.receipts
+    _options.receipt_delay = receipt_delay if receipt_delay is not None else _options.receipt_delay
+    if _options.receipts is not None and _options.receipts not in RECEIPT_MODES:
+        raise UserError(f"--receipts must be one of {', '.join(RECEIPT_MODES)}")
+    path = _home(home)
+    if not (path / "onionpost.db").exists():
+        raise UserError(f"no onionpost data in {path}: create a profile first with 'onionpost profile create NAME'")
+    check_private(path)
+    if is_locked(path):
+        raise UserError(f"a daemon (or another onionpost command, pid {owner_pid(path)}) is already using {path}")
+    runtime = ClientRuntime.open(path, _password(path, confirm=False), tor_settings=_tor_settings(),
+                                 isolation=_options.isolation, timing=_timing(daemon=True))
+    server = Daemon(runtime)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            await runtime.start_network()
+            queues = sum(len(a.watched()) for a in runtime.agents())
+
+            def ready():
+                print(f"onionpost daemon ready: {server.path} ({len(runtime.agents())} profiles, "
+                      f"{queues} queues to keep; Ctrl-C stops it)", flush=True)
+
+            await server.run(ready)
+        finally:
+            await runtime.close()
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        pass
+    except api.ApiError as exc:
+        _fail(exc)
+    print("onionpost daemon stopped", flush=True)
 
 
 def _show_version(value: bool) -> None:
@@ -531,19 +664,24 @@ def _root(
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
-    testnet: Annotated[Optional[Path], typer.Option("--testnet", envvar=TESTNET_ENV, help="Use the private Tor network in this directory.")] = None,
+    testnet: Annotated[Optional[Path], typer.Option("--testnet", envvar=TESTNET_ENV, help="Use the private Tor network in this folder.")] = None,
     tor_socks: Annotated[Optional[str], typer.Option("--tor-socks", help="A running tor's SOCKS port, [HOST:]PORT.")] = None,
     tor_control: Annotated[Optional[int], typer.Option("--tor-control", help="That tor's control port.")] = None,
     isolation: Annotated[str, typer.Option("--isolation", help="One Tor circuit per: queue, contact or profile.")] = "queue",
+    receipt_delay: Annotated[Optional[float], typer.Option("--receipt-delay", envvar="ONIONPOST_RECEIPT_DELAY", min=0, help="Mean seconds receipts and other automatic messages wait (docs/privacy.md).")] = None,
 ):
-    """Private chat over one-directional queues on Tor onion relays."""
+    """Private chat over one-directional queues on Tor onion relays.
+
+    The password for your data comes from a prompt or from $ONIONPOST_PASSWORD.
+    """
     _options.home, _options.profile, _options.json = home, profile, json_out
     _options.testnet, _options.tor_socks, _options.tor_control, _options.isolation = testnet, tor_socks, tor_control, isolation
+    _options.receipt_delay = receipt_delay
 
 
 def register(app: typer.Typer) -> None:
     app.callback()(_root)
     app.add_typer(profile_app, name="profile")
     app.add_typer(relay_app, name="relay")
-    for func in (invite, connect, requests, accept, reject, contacts, send, receive, history, verify, rotate):
+    for func in (invite, connect, requests, accept, reject, contacts, send, receive, history, verify, rotate, status, daemon):
         app.command(func.__name__)(func)

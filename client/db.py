@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,22 @@ MIGRATIONS: list[str] = [
         created_at INTEGER NOT NULL
     ) STRICT;
     """,
+    # 3: the event log (docs/daemon.md), send times for the outbox (docs/privacy.md), unread marks.
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, so a subscriber's "since" keeps its meaning
+        profile_id INTEGER REFERENCES profiles(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,                 -- message, request, delivered, connected, ... (docs/api.md)
+        contact TEXT,
+        text TEXT NOT NULL,
+        data TEXT NOT NULL,                 -- JSON object: the event's own fields
+        created_at INTEGER NOT NULL
+    ) STRICT;
+
+    ALTER TABLE outbox ADD COLUMN not_before REAL NOT NULL DEFAULT 0;   -- unix seconds: not sent earlier
+    ALTER TABLE outbox ADD COLUMN automatic INTEGER NOT NULL DEFAULT 0; -- 1: receipt, profile, rotation
+    ALTER TABLE messages ADD COLUMN unread INTEGER NOT NULL DEFAULT 0;  -- in: 1 until shown to the user
+    """,
 ]
 
 
@@ -196,7 +212,15 @@ class Database:
     def __init__(self, conn: sqlcipher3.Connection, path: Path) -> None:
         self._conn = conn
         self._savepoints = 0
+        self._after_commit: list[Callable[[], None]] = []
         self.path = path
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current transaction commits (at once if none is open; never on rollback)."""
+        if self._conn.in_transaction:
+            self._after_commit.append(callback)
+        else:
+            callback()
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlcipher3.Cursor:
         return self._conn.execute(sql, params)
@@ -209,6 +233,10 @@ class Database:
 
     def fetch_all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlcipher3.Row]:
         return self._conn.execute(sql, params).fetchall()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
 
     @property
     def schema_version(self) -> int:
@@ -242,10 +270,14 @@ class Database:
             yield self
             conn.execute("COMMIT")
         except BaseException:
+            self._after_commit.clear()
             # sqlite may already have rolled back by itself (e.g. on SQLITE_FULL).
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
 
     def change_password(self, old: str, new: str) -> None:
         """Re-encrypt the database under ``new``; ``old`` must be the current password.

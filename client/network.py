@@ -34,7 +34,6 @@ from onionpost.proto import (
 from onionpost.proto.delivery import open_message
 from onionpost.proto.frames import Error, SubscriptionEnded
 from onionpost.transport import Connector, DirectConnector, LinkClosed, RelayError, RelayLink
-from onionpost.transport.retry import FIRST_BACKOFF, next_backoff
 
 from .queues import InboundQueue, OutboundQueue
 
@@ -75,7 +74,6 @@ class Network:
         self.isolation = isolation
         self.contact_tags: dict[bytes, str] = {}
         """With ``isolation="contact"``: queue id (rid or snd) -> its contact's tag."""
-        self._retry_at: dict[str, tuple[float, float]] = {}  # relay -> (next attempt, backoff)
         self._connector = connector or DirectConnector()
         self._clock = clock
         self._rng = rng
@@ -125,7 +123,7 @@ class Network:
                 if queue.relay == relay and self.tag_of(queue) == tag:
                     await link.request(Subscribe(), queue.rid, queue.recipient_secret, timeout=self._timeout)
         except BaseException:
-            await link.close()  # so that ``resubscribe`` tries again
+            await link.close()  # so that the queue's keeper tries again
             raise
         self._links[key] = link
         return link
@@ -168,50 +166,54 @@ class Network:
             return None
         return self._open(queue, response)
 
-    async def subscribe(self, queue: InboundQueue) -> None:
+    def set_connector(self, connector: Connector) -> None:
+        """Use ``connector`` (e.g. tor, once started) for links opened from now on."""
+        self._connector = connector
+
+    def load_contact_tags(self, tags: dict[bytes, str]) -> None:
+        """With ``isolation="contact"``: which contact's tag each queue (rid or snd) uses."""
+        if self.isolation == "contact":
+            self.contact_tags.update(tags)
+
+    def subscribed(self, rid: bytes) -> InboundQueue | None:
+        return self._subscriptions.get(rid)
+
+    async def subscribe(self, queue: InboundQueue) -> RelayLink:
         """SUB: deliveries (one at a time per queue, the next after each ACK) go to ``deliveries``.
 
-        The queue stays subscribed here even if its relay cannot be reached now:
-        ``resubscribe`` tries again later.
+        Returns the link now carrying the subscription (``link.wait_closed()`` tells when it
+        ends). The queue stays subscribed here even if its relay cannot be reached now:
+        a reopened link renews the subscriptions it carries.
         """
         self._subscriptions[queue.rid] = queue
-        now = asyncio.get_running_loop().time()
+        link = self._links.get(self._key(queue.relay, self.tag_of(queue)))
+        if link is not None and link.is_open:
+            await link.request(Subscribe(), queue.rid, queue.recipient_secret, timeout=self._timeout)
+            return link
+        return await self._link(queue.relay, self.tag_of(queue))  # a new link subscribes the queues it carries
+
+    async def renew_link(self, queue: InboundQueue) -> RelayLink:
+        """Replace the link carrying ``queue``: the new one subscribes first (the relay then ends the
+        old subscription), then the old one closes, so no delivery waits for a gap."""
+        key = self._key(queue.relay, self.tag_of(queue))
+        old = self._links.pop(key, None)
         try:
-            link = self._links.get(f"{self.tag_of(queue)}@{queue.relay}")
-            if link is not None and link.is_open:
-                await link.request(Subscribe(), queue.rid, queue.recipient_secret)
-            else:
-                await self._link(queue.relay, self.tag_of(queue))  # a new link subscribes the queues it carries
-        except (LinkClosed, RelayError, OSError, asyncio.TimeoutError):
-            # Back off per relay: 0.5 s, 1 s, 2 s ... up to 20 s between rounds of attempts
-            # (one step per round, however many of its queues failed in it).
-            next_try, delay = self._retry_at.get(queue.relay, (0.0, FIRST_BACKOFF))
-            if now >= next_try:
-                self._retry_at[queue.relay] = (now + delay, next_backoff(delay))
+            link = await self._link(queue.relay, self.tag_of(queue))
+        except BaseException:
+            if old is not None and key not in self._links:
+                self._links[key] = old
             raise
-        self._retry_at.pop(queue.relay, None)
+        if old is not None:
+            await old.close()
+        return link
 
-    async def resubscribe(self) -> list[Exception]:
-        """Re-SUB every subscribed queue whose link has closed (relay restarted, circuit died).
+    async def drop_link(self, queue: InboundQueue) -> None:
+        """Close the link carrying ``queue`` (its keeper reopens it, which renews the subscription)."""
+        await self._drop(queue.relay, self.tag_of(queue))
 
-        All links are reopened at once, so one unreachable relay delays no other. Returns the
-        errors of queues that could not be resubscribed (tried again in a later call, once
-        their relay's backoff has passed).
-        """
-        now = asyncio.get_running_loop().time()
-        due: dict[str, InboundQueue] = {}  # one queue per link: a new link subscribes all it carries
-        for queue in self._subscriptions.values():
-            key = f"{self.tag_of(queue)}@{queue.relay}"
-            link = self._links.get(key)
-            if (link is None or not link.is_open) and now >= self._retry_at.get(queue.relay, (0.0, FIRST_BACKOFF))[0]:
-                due.setdefault(key, queue)
-        results = await asyncio.gather(*(self.subscribe(queue) for queue in due.values()), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                result, (LinkClosed, RelayError, OSError, asyncio.TimeoutError)
-            ):
-                raise result
-        return [result for result in results if isinstance(result, BaseException)]
+    @staticmethod
+    def _key(relay: str, tag: str) -> str:
+        return f"{tag}@{relay}"
 
     def unsubscribe(self, queue: InboundQueue) -> None:
         self._subscriptions.pop(queue.rid, None)

@@ -17,12 +17,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import ConfigError
-from .datadir import DataDir, DataDirError
-from .onion import NodeTorError, TorOptions
-from .store import StoreError
+# The node's modules are imported inside the commands: 'onionpost' starts fast for every command.
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
 
 DataOption = Annotated[Path, typer.Option("--data", help="The node's data directory.", show_default=False)]
 
@@ -32,11 +29,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .config import ConfigError
+    from .datadir import DataDirError
+    from .onion import NodeTorError
+    from .store import StoreError
+
+    return DataDirError, ConfigError, StoreError, NodeTorError
+
+
 def _guard(action):
     """Run ``action``, turning the errors users can cause into one line on stderr."""
     try:
         return action()
-    except (DataDirError, ConfigError, StoreError, NodeTorError) as exc:
+    except _user_errors() as exc:
         _fail(str(exc))
     except sqlite3.DatabaseError as exc:
         _fail(f"the node database cannot be read: {exc}")
@@ -66,6 +72,8 @@ def init(
     ] = False,
 ) -> None:
     """Create a new node: identity key, node.json and an empty database in DATA; print its address."""
+    from .datadir import DataDir
+
     directory = DataDir(data)
     _guard(lambda: directory.init(listen, access_key or (), onion=onion))
     typer.echo(str(_guard(directory.address)))
@@ -74,6 +82,8 @@ def init(
 @app.command()
 def address(data: DataOption) -> None:
     """Print the node's address: onionpost://KEY@NAME.onion:80 for an onion node (computed from its key, Tor is not started), else onionpost://KEY@HOST:PORT."""
+    from .datadir import DataDir
+
     typer.echo(str(_guard(DataDir(data).address)))
 
 
@@ -137,6 +147,8 @@ def run(
 
     A loopback node ignores the Tor flags, with a warning.
     """
+    from .datadir import DataDir
+    from .onion import TorOptions
     from .server import run as serve
 
     level = getattr(logging, log_level.upper(), None)
@@ -219,6 +231,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Print aggregate counts: queues and stored messages (read from the database, running or not); sessions and active subscriptions only while the node runs (it publishes them in status.json every second). An onion node also shows its onion address and, while it runs, its service state (bootstrapping, publishing, published, restarting)."""
+    from .datadir import DataDir
     from .status import read_status
 
     directory = DataDir(data)

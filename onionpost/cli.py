@@ -19,6 +19,7 @@ app = typer.Typer(
     help="Private chat over one-directional queues on Tor onion relays.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: on/off flags show as flags, not '<bool>'
     add_completion=False,
 )
 app.add_typer(node_app, name="node", help="Run and inspect a relay node.")

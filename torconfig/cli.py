@@ -17,6 +17,7 @@ app = typer.Typer(
     help="Run a private Tor network (3 directory authorities + relays) on 127.0.0.1.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: on/off flags show as flags, not '<bool>'
 )
 
 DirOption = typer.Option(..., "--dir", help="Directory holding the network's keys and state.")

@@ -59,6 +59,7 @@ class RelayLink:
         self._connected = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_loop())
         self._write_lock = asyncio.Lock()
+        self._closed = asyncio.Event()
         self.closed_reason: str | None = None
 
     @classmethod
@@ -93,6 +94,11 @@ class RelayLink:
     def is_open(self) -> bool:
         return self.closed_reason is None
 
+    async def wait_closed(self) -> str:
+        """Return (the reason) once the link has closed, for whatever reason."""
+        await self._closed.wait()
+        return self.closed_reason or "closed"
+
     async def request(self, command: Command, queue: bytes | None = None, key: bytes | None = None, *, timeout: float = 60.0) -> Response:
         """Send one command and return its response.
 
@@ -117,14 +123,18 @@ class RelayLink:
             try:
                 await self._write(data)
             except LinkClosed:
-                for c in corrs:
+                for c, future in zip(corrs, futures):
                     self._pending.pop(c, None)
+                    if future.done():
+                        future.exception()  # set by _fail; retrieved so asyncio does not print it
                 raise
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
         finally:
-            for c in corrs:
+            for c, future in zip(corrs, futures):
                 self._pending.pop(c, None)
+                if future.done() and not future.cancelled():
+                    future.exception()  # the first failure was raised; the others are retrieved here
 
     async def _write(self, data: bytes) -> None:
         try:
@@ -188,6 +198,7 @@ class RelayLink:
     def _fail(self, reason: str) -> None:
         if self.closed_reason is None:
             self.closed_reason = reason
+        self._closed.set()
         error = LinkClosed(self.closed_reason)
         if not self._connected.done():
             self._connected.set_exception(error)

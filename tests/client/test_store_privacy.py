@@ -25,6 +25,7 @@ async def test_store_holds_no_plaintext_and_is_private(tmp_path, nodes):
     try:
         await connect_pair(a, b, alias="QuokkaAlias")
         await b.send("QuokkaAlias", SECRETS[2])
+        await b.flush()
         await a.receive(wait=0.3)
         assert [m["text"] for m in a.history(a.contacts()[0].alias)] == [SECRETS[2]]
     finally:

@@ -53,8 +53,10 @@ async def test_relays_cannot_link_a_persons_queues(tmp_path):
         carol_alias, _ = await connect_pair(alice, carol)
         for agent, to in ((alice, bob_alias), (alice, carol_alias)):
             await agent.send(to, "hello")
+            await agent.flush()
         await bob.receive(wait=0.3), await carol.receive(wait=0.3), await alice.receive(wait=0.3)
         await alice.rotate(bob_alias)  # rotation adds a queue: it must be just as unlinkable
+        await alice.flush()
         await bob.receive(wait=0.3), await alice.receive(wait=0.3), await bob.receive(wait=0.3)
     finally:
         for agent in (alice, bob, carol):

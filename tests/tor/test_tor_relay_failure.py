@@ -51,7 +51,9 @@ async def test_clients_recover_when_a_tor_relay_dies_and_lose_nothing(connected,
     async with clients(connected, network.directory, timeout=30) as (alice, bob):
         bob_alias = alice.agent.contacts()[0].alias
         await alice.agent.send(bob_alias, "before 0")
+        await alice.agent.flush()
         await bob.agent.send("alice", "before 1")
+        await bob.agent.flush()
         await settle(bob.agent, alice.agent, rounds=2)
         assert texts(bob.agent, "alice", "in")[-1:] == ["before 0"]
         assert texts(alice.agent, bob_alias, "in")[-1:] == ["before 1"]
@@ -71,7 +73,9 @@ async def test_clients_recover_when_a_tor_relay_dies_and_lose_nothing(connected,
         # Mid-conversation: both keep writing while circuits through the dead relay collapse.
         for i in range(5):
             await alice.agent.send(bob_alias, f"a{i}")
+            await alice.agent.flush()
             await bob.agent.send("alice", f"b{i}")
+            await bob.agent.flush()
 
         start = time.monotonic()
         while time.monotonic() - start < RECOVERY_DEADLINE:

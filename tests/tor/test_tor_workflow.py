@@ -40,7 +40,9 @@ async def test_invite_connect_and_talk_across_two_onion_relays(connected, tor_ne
         bob_alias = alice.agent.contacts()[0].alias
         for i in range(5):
             await alice.agent.send(bob_alias, f"a{i}")
+            await alice.agent.flush()
             await bob.agent.send("alice", f"b{i}")
+            await bob.agent.flush()
         await settle(bob.agent, alice.agent, rounds=3)
         assert texts(bob.agent, "alice", "in") == [f"a{i}" for i in range(5)]
         assert texts(alice.agent, bob_alias, "in") == [f"b{i}" for i in range(5)]
@@ -52,6 +54,7 @@ async def test_each_queue_uses_its_own_circuit_even_after_a_reconnect(connected,
     async with clients(connected, tor_network.directory) as (alice, bob):
         bob_alias = alice.agent.contacts()[0].alias
         await alice.agent.send(bob_alias, "over separate circuits")
+        await alice.agent.flush()
         await settle(alice.agent, bob.agent, rounds=1)
         for client in (alice, bob):
             used = await queue_circuits(client)
@@ -67,6 +70,7 @@ async def test_each_queue_uses_its_own_circuit_even_after_a_reconnect(connected,
         inbound_link = next(link for key, link in alice.agent.network._links.items() if key.startswith(inbound_tag))  # noqa: SLF001
         await inbound_link.close()
         await bob.agent.send("alice", "after the reconnect")
+        await bob.agent.flush()
         await settle(bob.agent, alice.agent, rounds=2)
         assert texts(alice.agent, bob_alias, "in")[-1:] == ["after the reconnect"], alice.agent.events
         after = await queue_circuits(alice)
@@ -86,6 +90,7 @@ async def test_relay_restart_keeps_its_onion_address_and_loses_nothing(connected
         relay_b.stop()
         for i in range(3):
             await alice.agent.send(bob_alias, f"while down {i}")
+            await alice.agent.flush()
         assert any(m["state"] == "pending" for m in alice.agent.history(bob_alias))
         relay_b.start()
         assert relay_b.wait_listening() == address
