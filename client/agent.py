@@ -143,7 +143,6 @@ class Agent:
         self.last_activity = 0.0
         """Loop time at which the agent last finished some work (``receive`` waits for quiet)."""
         self._busy = 0
-        self._next_due: float | None = None
 
     def reload_relays(self) -> None:
         """The profile's trusted relays changed: use the new list for new queues and forwarding."""
@@ -497,7 +496,7 @@ class Agent:
         try:
             while not runner.done():
                 quiet = self.idle_for
-                if quiet >= wait and not self._sending_soon(wait):
+                if quiet >= wait and not self._sending_soon():
                     break
                 await asyncio.wait({runner}, timeout=min(wait - quiet, 0.25) if quiet else 0.05)
         finally:
@@ -508,9 +507,9 @@ class Agent:
         await self.flush()
         return self.events[start:]
 
-    def _sending_soon(self, within: float) -> bool:
-        """Whether a delayed outbox row (an accept, a profile) becomes due within ``within`` seconds."""
-        return self._next_due is not None and self._next_due - self.clock() <= within
+    def _sending_soon(self) -> bool:
+        """Whether a delayed outbox row (an accept, a profile; not a held receipt) still waits for its time."""
+        return self.store.next_delayed(self.clock(), HELD) is not None
 
     async def run(self) -> None:
         """Keep every inbound queue subscribed, handle deliveries, send the outbox; until cancelled."""
@@ -538,7 +537,7 @@ class Agent:
     async def _send_loop(self) -> None:
         while True:
             self._wake.clear()
-            next_due = self._next_due = await self.flush()
+            next_due = await self.flush()
             timeout = None if next_due is None else max(0.0, next_due - self.clock())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)

@@ -309,6 +309,15 @@ class ChatStore:
         """Make a contact's delayed and held rows due now (they leave with the message queued next)."""
         self.db.execute("UPDATE outbox SET not_before = 0 WHERE contact_id = ? AND not_before > 0", (contact_id,))
 
+    def next_delayed(self, now: float, held: float) -> float | None:
+        """The earliest ``not_before`` still in the future (held rows excluded)."""
+        row = self.db.fetch_one(
+            "SELECT min(o.not_before) FROM outbox o JOIN contacts c ON c.id = o.contact_id "
+            "WHERE c.profile_id = ? AND o.not_before > ? AND o.not_before < ?",
+            (self.profile_id, now, held),
+        )
+        return row[0] if row else None
+
     def outbox_sent(self, outbox_id: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
 
