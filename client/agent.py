@@ -519,7 +519,7 @@ class Agent:
             with self._working():
                 self._watch_all()
                 await asyncio.sleep(0)  # let the keepers start (and mark themselves busy)
-            while True:
+            while not _stopping():
                 delivery = await self.network.deliveries.get()
                 with self._working():
                     await self._handle_safely(delivery)
@@ -535,13 +535,16 @@ class Agent:
             self._wake = None
 
     async def _send_loop(self) -> None:
-        while True:
+        while not _stopping():
             self._wake.clear()
             next_due = await self.flush()
             timeout = None if next_due is None else max(0.0, next_due - self.clock())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                # that arrives as the wait ends, and this loop would then never stop.
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     async def _handle_safely(self, delivery: Delivery) -> None:
@@ -607,7 +610,7 @@ class Agent:
         """One queue's life (client/timing.py): open at its own random time, reopen after its own delay."""
         await asyncio.sleep(delay)
         backoff = FIRST_BACKOFF
-        while queue.rid in self._owners:
+        while queue.rid in self._owners and not _stopping():
             try:
                 with self._working():
                     link = await self.network.subscribe(queue)
@@ -620,9 +623,13 @@ class Agent:
             self._relay_up(queue.relay)
             lifetime = self.timing.lifetime()
             try:
-                await asyncio.wait_for(link.wait_closed(), lifetime)
-            except asyncio.TimeoutError:
-                await self.network.renew_link(queue)  # the new link subscribes before the old one closes
+                async with asyncio.timeout(lifetime):
+                    await link.wait_closed()
+            except TimeoutError:
+                try:
+                    await self.network.renew_link(queue)  # the new link subscribes before the old one closes
+                except TRANSIENT:
+                    pass  # the old link stays; the next round subscribes again
                 continue
             await asyncio.sleep(self.timing.open_delay())
 
@@ -863,6 +870,11 @@ class Agent:
             raise AgentError(f"relay refused: {exc}") from exc
         except (LinkClosed, NoRelayError, OSError, asyncio.TimeoutError) as exc:
             raise AgentError(f"cannot reach relay {relay}: {exc or type(exc).__name__}") from None
+
+
+def _stopping() -> bool:
+    """Whether this task was asked to stop (a cancellation an inner ``wait_for`` swallowed still counts)."""
+    return asyncio.current_task().cancelling() > 0
 
 
 def _preview(text: str, length: int = 40) -> str:

@@ -366,8 +366,9 @@ async def _news_since_cursor(ctx: Context, agent: Agent, wait: float) -> list[Ev
         listener = (lambda event: arrived.set() if event.profile == agent.profile.name and event.kind != "sent" else None)
         agent.listeners.append(listener)
         try:
-            await asyncio.wait_for(arrived.wait(), wait)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(wait):
+                await arrived.wait()
+        except TimeoutError:
             pass
         finally:
             agent.listeners.remove(listener)

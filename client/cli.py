@@ -625,11 +625,16 @@ def daemon(
                                  isolation=_options.isolation, timing=_timing(daemon=True))
     server = Daemon(runtime)
 
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1)  # 'kill -USR1 PID' prints every thread's stack (for hangs)
+
     async def main():
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, task.cancel)
+        loop.add_signal_handler(signal.SIGUSR2, _print_tasks)  # 'kill -USR2 PID': every asyncio task's stack
         try:
             await runtime.start_network()
             queues = sum(len(a.watched()) for a in runtime.agents())
@@ -649,6 +654,11 @@ def daemon(
     except api.ApiError as exc:
         _fail(exc)
     print("onionpost daemon stopped", flush=True)
+
+
+def _print_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
 
 
 def _show_version(value: bool) -> None:

@@ -84,6 +84,8 @@ class Daemon:
             await connection.serve()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away; nothing to answer
+        except asyncio.CancelledError:
+            pass  # the daemon is stopping (asyncio's stream callback must not see a cancelled task)
         finally:
             self.connections -= 1
             self._tasks.discard(task)
