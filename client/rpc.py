@@ -83,6 +83,9 @@ def notification_line(method: str, params: Any) -> bytes:
 
 
 def _answer(message: dict, request_id: Any) -> Any:
+    if "error" in message and message.get("id") is None:  # an answer to no request in particular (e.g. too many connections)
+        error = message["error"]
+        raise RpcError(error.get("code", 0), error.get("message", "error"), error.get("data"), request_id)
     if message.get("id") != request_id:
         raise RpcError(INVALID_REQUEST, f"answer for id {message.get('id')!r}, expected {request_id!r}")
     if "error" in message:
