@@ -131,7 +131,7 @@ class Agent:
         self.clock = clock
         self.rng = rng
         self.timing = timing or TimingPolicy.immediate()
-        relays = [TrustedRelay(r.address, r.access_key) for r in list_relays(db, profile)]
+        relays = [TrustedRelay(r.address, r.access_key, r.operator) for r in list_relays(db, profile)]
         self.network = Network(relays, connector=connector, clock=clock, rng=rng, timeout=timeout, isolation=isolation)
         self.events: list[Event] = []
         self.listeners: list[Callable[[Event], None]] = []
@@ -146,14 +146,16 @@ class Agent:
 
     def reload_relays(self) -> None:
         """The profile's trusted relays changed: use the new list for new queues and forwarding."""
-        self.network.trusted = [TrustedRelay(r.address, r.access_key) for r in list_relays(self.db, self.profile)]
+        self.network.trusted = [TrustedRelay(r.address, r.access_key, r.operator)
+                                for r in list_relays(self.db, self.profile)]
 
-    async def close(self) -> None:
+    async def close(self, *, spread_closes: bool = False) -> None:
+        """Stop; with ``spread_closes`` each link closes at its own random time (client/timing.py)."""
         for task in self._keepers.values():
             task.cancel()
         await asyncio.gather(*self._keepers.values(), return_exceptions=True)
         self._keepers.clear()
-        await self.network.close()
+        await self.network.close(self.timing.close_delay if spread_closes else None)
 
     def _event(self, kind: str, contact: str | None, text: str, **data) -> None:
         """Log an event (in the current transaction, if any) and tell listeners once it is committed."""
@@ -205,10 +207,30 @@ class Agent:
         return invitation_id, link
 
     def _pick_relay(self, avoid: str | None = None) -> TrustedRelay:
-        if not self.network.trusted:
+        """Where a new inbound queue goes: the operator holding the fewest of this profile's queues
+        (a family counts as one operator), at random among equals; not ``avoid``'s operator if possible.
+
+        So no single relay operator holds more than its share of a person's queues (docs/privacy.md).
+        """
+        trusted = self.network.trusted
+        if not trusted:
             raise NoRelayConfigured()
-        others = [r for r in self.network.trusted if r.address != avoid]
-        return (others or self.network.trusted)[0]
+        operator_of = {r.address: r.operator or r.address for r in trusted}
+        held: dict[str, int] = {operator: 0 for operator in operator_of.values()}
+        for queue in self._inbound_queues():
+            if queue.relay in operator_of:
+                held[operator_of[queue.relay]] += 1
+        avoided = operator_of.get(avoid) if avoid else None
+        candidates = [r for r in trusted if operator_of[r.address] != avoided] or trusted
+        fewest = min(held[operator_of[r.address]] for r in candidates)
+        choices = [r for r in candidates if held[operator_of[r.address]] == fewest]
+        return choices[int.from_bytes(self.rng(4), "big") % len(choices)]
+
+    def _inbound_queues(self) -> list[InboundQueue]:
+        queues = [InboundQueue.from_bytes(blob) for _, blob in self.store.invitation_queues()]
+        for _, *blobs in self.store.live_queues():
+            queues += [InboundQueue.from_bytes(blob) for blob in blobs if blob is not None]
+        return queues
 
     def _check_invitation(self, link: str) -> Invitation:
         """Parse a link and check every key in it before anything is created."""
@@ -514,6 +536,10 @@ class Agent:
     async def run(self) -> None:
         """Keep every inbound queue subscribed, handle deliveries, send the outbox; until cancelled."""
         self._wake = asyncio.Event()
+        now = self.clock()
+        for row in self.store.outbox():  # after a start, each contact's backlog leaves at its own time
+            if row.contact_id not in self._retry_at:
+                self._retry_at[row.contact_id] = (now + self.timing.open_delay(urgent=True), FIRST_BACKOFF)
         sender = asyncio.create_task(self._send_loop())
         try:
             with self._working():

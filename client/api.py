@@ -224,20 +224,21 @@ async def profile_delete(ctx: Context, name):
     return {"deleted": profile.name}
 
 
-@method("relay.add", "Trust a relay: new queues go there, messages leave through it.", '{"address", "access_key"}',
+@method("relay.add", "Trust a relay: new queues go there, messages leave through it.", '{"address", "access_key", "family"}',
         Param("address", "string", True, help="onionpost://KEY@HOST:PORT"),
-        Param("access_key", "string", help="the relay's key for creating queues"), PROFILE)
-async def relay_add(ctx: Context, address, access_key, profile):
+        Param("access_key", "string", help="the relay's key for creating queues"),
+        Param("family", "string", help="relays run by one operator share a family name; they count as one"), PROFILE)
+async def relay_add(ctx: Context, address, access_key, family, profile):
     owner = get_profile(ctx.runtime.db, profile)
-    relay = add_relay(ctx.runtime.db, owner, address, access_key)
+    relay = add_relay(ctx.runtime.db, owner, address, access_key, family)
     ctx.runtime.refresh_relays(owner)
-    return {"address": relay.address, "access_key": bool(relay.access_key)}
+    return {"address": relay.address, "access_key": bool(relay.access_key), "family": relay.family}
 
 
-@method("relay.list", "List the profile's trusted relays.", '[{"address", "access_key"}]', PROFILE, writes=False)
+@method("relay.list", "List the profile's trusted relays.", '[{"address", "access_key", "family"}]', PROFILE, writes=False)
 async def relay_list(ctx: Context, profile):
     relays = list_relays(ctx.runtime.db, get_profile(ctx.runtime.db, profile))
-    return [{"address": r.address, "access_key": bool(r.access_key)} for r in relays]
+    return [{"address": r.address, "access_key": bool(r.access_key), "family": r.family} for r in relays]
 
 
 @method("relay.remove", "Stop trusting a relay.", '{"removed"}', Param("address", "string", True), PROFILE)

@@ -342,13 +342,15 @@ relay_app = typer.Typer(help="The relays this profile trusts: its queues live th
 def relay_add(
     address: Annotated[str, typer.Argument(help="The relay's address, as 'onionpost node address' prints it.")],
     access_key: Annotated[Optional[str], typer.Option("--access-key", help="The relay's key for creating queues.")] = None,
+    family: Annotated[Optional[str], typer.Option("--family", help="A name shared by relays with one operator: your queues are spread across operators, and a family counts as one.")] = None,
     home: HomeOpt = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ):
     """Trust a relay (an address printed by 'onionpost node address')."""
-    result = _invoke("relay.add", {"address": address, "access_key": access_key, "profile": profile or _options.profile}, home)
-    _emit(result, f"added relay {result['address']}", json_out)
+    result = _invoke("relay.add", {"address": address, "access_key": access_key, "family": family,
+                                   "profile": profile or _options.profile}, home)
+    _emit(result, f"added relay {result['address']}" + (f" (family {result['family']})" if result.get("family") else ""), json_out)
 
 
 @relay_app.command("list")
@@ -356,7 +358,8 @@ def relay_add(
 def relay_list(home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
     """List the profile's trusted relays."""
     rows = _invoke("relay.list", {"profile": profile or _options.profile}, home)
-    text = "\n".join(r["address"] + ("  (access key set)" if r["access_key"] else "") for r in rows) or "no relays"
+    text = "\n".join(r["address"] + (f"  (family {r['family']})" if r.get("family") else "")
+                     + ("  (access key set)" if r["access_key"] else "") for r in rows) or "no relays"
     _emit(rows, text, json_out)
 
 
@@ -645,7 +648,7 @@ def daemon(
 
             await server.run(ready)
         finally:
-            await runtime.close()
+            await runtime.close(spread_closes=True)
 
     try:
         asyncio.run(main())

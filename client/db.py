@@ -134,6 +134,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE outbox ADD COLUMN automatic INTEGER NOT NULL DEFAULT 0; -- 1: receipt, profile, rotation
     ALTER TABLE messages ADD COLUMN unread INTEGER NOT NULL DEFAULT 0;  -- in: 1 until shown to the user
     """,
+    # 4: relay families (docs/privacy.md, "Fewer of a person's queues on any one relay").
+    """
+    ALTER TABLE relays ADD COLUMN family TEXT;  -- relays run by one operator share a family; NULL: its own
+    """,
 ]
 
 

@@ -42,6 +42,8 @@ from .queues import InboundQueue, OutboundQueue
 class TrustedRelay:
     address: str
     access_key: str | None = None
+    operator: str = ""
+    """Relays with the same operator (a family) count as one when queues are spread."""
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,19 @@ class Network:
         self._links[key] = link
         return link
 
-    async def close(self) -> None:
+    async def close(self, delays: Callable[[], float] | None = None) -> None:
+        """Close every link; with ``delays``, each after its own delay (so a relay does not see
+        one person's sessions all end at the same instant, docs/privacy.md)."""
         for opening in list(self._opening.values()):
             opening.cancel()
         links, self._links = list(self._links.values()), {}
-        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+
+        async def close(link: RelayLink, delay: float) -> None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await link.close()
+
+        await asyncio.gather(*(close(link, delays() if delays else 0.0) for link in links), return_exceptions=True)
 
     # --- inbound queues ----------------------------------------------------
 

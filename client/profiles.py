@@ -34,6 +34,12 @@ class Profile:
 class Relay:
     address: str
     access_key: str | None
+    family: str | None = None
+    """Relays with one operator share a family and count as one relay when queues are spread."""
+
+    @property
+    def operator(self) -> str:
+        return f"family:{self.family}" if self.family else f"relay:{self.address}"
 
 
 def _check_text(what: str, value: str, limit: int, *, allow_empty: bool = False) -> str:
@@ -122,27 +128,32 @@ def normalise_relay_address(address: str) -> str:
         raise ProfileError(f"bad relay address: {exc}") from None
 
 
-def add_relay(db: Database, profile: Profile, address: str, access_key: str | None = None) -> Relay:
+def add_relay(db: Database, profile: Profile, address: str, access_key: str | None = None,
+              family: str | None = None) -> Relay:
     address = normalise_relay_address(address)
     if access_key is not None:
         access_key = _check_text("access key", access_key, 128)
+    if family is not None:
+        family = _check_text("family", family, 64)
     with db.transaction():
         if db.fetch_one("SELECT 1 FROM relays WHERE profile_id = ? AND address = ?", (profile.id, address)):
             raise ProfileError(f"relay already in profile {profile.name!r}: {address}")
         db.execute(
-            "INSERT INTO relays (profile_id, address, access_key) VALUES (?, ?, ?)", (profile.id, address, access_key)
+            "INSERT INTO relays (profile_id, address, access_key, family) VALUES (?, ?, ?, ?)",
+            (profile.id, address, access_key, family),
         )
-    return Relay(address, access_key)
+    return Relay(address, access_key, family)
 
 
 def list_relays(db: Database, profile: Profile) -> list[Relay]:
-    rows = db.fetch_all("SELECT address, access_key FROM relays WHERE profile_id = ? ORDER BY id", (profile.id,))
+    rows = db.fetch_all("SELECT address, access_key, family FROM relays WHERE profile_id = ? ORDER BY id", (profile.id,))
     return [Relay(*row) for row in rows]
 
 
 def remove_relay(db: Database, profile: Profile, address: str) -> Relay:
     address = normalise_relay_address(address)
-    row = db.fetch_one("SELECT address, access_key FROM relays WHERE profile_id = ? AND address = ?", (profile.id, address))
+    row = db.fetch_one("SELECT address, access_key, family FROM relays WHERE profile_id = ? AND address = ?",
+                       (profile.id, address))
     if row is None:
         raise ProfileError(f"relay not in profile {profile.name!r}: {address}")
     with db.transaction():

@@ -183,9 +183,9 @@ class ClientRuntime:
             return
         self._failure.set_exception(task.exception() or RuntimeError("an agent stopped unexpectedly"))
 
-    async def close(self) -> None:
-        for agent in self._agents.values():
-            await agent.close()
+    async def close(self, *, spread_closes: bool = False) -> None:
+        """Close everything; the daemon spreads its links' closing over time (client/timing.py)."""
+        await asyncio.gather(*(agent.close(spread_closes=spread_closes) for agent in self._agents.values()))
         self._agents.clear()
         if self.tor is not None:
             await asyncio.to_thread(self.tor.stop)

@@ -12,6 +12,10 @@ them by timing alone. So every queue lives on its own random schedule:
   lifetime (mean ``link_lifetime``), independently per queue, so later
   (re)subscriptions are a Poisson process per queue, not a person's rhythm.
   The new link subscribes before the old one closes: no gap in delivery.
+- **closing**: a daemon that stops closes each link after its own delay,
+  uniform in ``[0, spread / 2)``, instead of all at once.
+- **sending after a start**: each contact's waiting messages leave after
+  their own delay, uniform in ``[0, spread / 4)``, not in one burst.
 - **automatic messages**: a delivery receipt (``receipts="delay"``) waits an
   exponentially distributed delay (mean ``receipt_delay``, at most 4x that);
   ``"next"`` holds it until the next message the user sends to that contact;
@@ -61,6 +65,10 @@ class TimingPolicy:
         """Seconds before a queue's link (re)opens."""
         spread = self.spread / 4 if urgent else self.spread
         return self.rng.uniform(0.0, spread) if spread > 0 else 0.0
+
+    def close_delay(self) -> float:
+        """Seconds before a link closes when the client stops."""
+        return self.rng.uniform(0.0, self.spread / 2) if self.spread > 0 else 0.0
 
     def lifetime(self) -> float | None:
         """Seconds until this link is replaced, or None to keep it until it drops."""

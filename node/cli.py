@@ -140,6 +140,16 @@ def run(
             min=1, max=65535, show_default=False, rich_help_panel=_TOR_FLAGS,
         ),
     ] = None,
+    trace: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--trace",
+            help="Record what a relay operator sees (sessions, commands, queue ids, times) as JSON lines in FILE, for "
+            "privacy measurements (docs/privacy.md). Only on a private test network: a loopback node, or an onion "
+            "node with --testnet.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM (exit status 0).
 
@@ -168,12 +178,15 @@ def run(
     else:
         for warning in _guard(options.check):
             typer.echo(f"warning: {warning}", err=True)
+    if trace is not None and config.onion is not None and testnet is None:
+        _fail("--trace records what a relay operator sees; it is only for a private test network "
+              "(a loopback node, or an onion node with --testnet), never for a relay that serves people")
 
     def listening(node_address) -> None:
         print(f"onionpost node listening on {_host_port(config.host, config.port)} address {node_address}", flush=True)
 
     try:
-        _guard(lambda: _run_loop(serve(directory, listening, options)))
+        _guard(lambda: _run_loop(serve(directory, listening, options, trace_path=trace)))
     except KeyboardInterrupt:
         pass
     except typer.Exit as exc:

@@ -67,6 +67,8 @@ class Dispatcher:
         self.forwarder = forwarder
         self.clock = clock
         self.rng = rng
+        self.trace = None
+        """A ``trace.RelayTrace`` when the node runs with --trace (private test networks only)."""
         self._handlers = {
             New: self._new,
             SecureQueue: self._simple(mailbox.secure),
@@ -82,6 +84,8 @@ class Dispatcher:
         }
 
     def dispatch(self, conn, t: Transmission, slot: Slot) -> None:
+        if self.trace is not None:
+            self.trace.command(conn, t.command.NAME, t.queue)
         handler = self._handlers.get(type(t.command))
         if handler is None:
             slot.answer(error(ErrorCode.CMD, f"command {t.command.NAME} is not handled here"))
@@ -123,6 +127,8 @@ class Dispatcher:
         """Push to ``target``: after this command's answer if it is this session, else at once."""
         if target is None:
             return
+        if self.trace is not None:
+            self.trace.pushed(target, queue)
         if target is conn:
             attached.append((queue, response))
         else:
@@ -131,7 +137,12 @@ class Dispatcher:
     # --- recipient commands --------------------------------------------------------------
 
     def _new(self, conn, t: Transmission, slot: Slot) -> None:
-        self._store(slot, partial(self.mailbox.new, t), slot.answer)
+        def created(ids) -> None:
+            if self.trace is not None:
+                self.trace.created(ids.rid, ids.snd)
+            slot.answer(ids)
+
+        self._store(slot, partial(self.mailbox.new, t), created)
 
     def _subscribe(self, conn, t: Transmission, slot: Slot) -> None:
         def subscribed(result: Subscribed) -> None:
@@ -140,6 +151,8 @@ class Dispatcher:
             previous = self.subscriptions.subscribe(t.queue, conn, result.message)
             if previous is not None:
                 previous.push(t.queue, SubscriptionEnded())
+            if result.message and self.trace is not None:
+                self.trace.pushed(conn, t.queue)
             slot.answer(Ok(), [(t.queue, result.message)] if result.message else [])
 
         self._store(slot, partial(self.mailbox.subscribe, t), subscribed)
@@ -193,6 +206,9 @@ class Dispatcher:
             code = ErrorCode.ENVELOPE if exc.code.fatal else exc.code
             slot.answer(error(code, exc.message))
             return
+
+        if self.trace is not None:
+            self.trace.command(conn, "SEND", opened.transmission.queue, via="forward")
 
         def applied(result: Relayed) -> None:
             attached: list = []

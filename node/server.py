@@ -92,12 +92,17 @@ class Node:
         throttle = TokenBucket(self.config.throttle.rate, self.config.throttle.burst)
         conn = Connection(ws, session, self.dispatcher, throttle)
         self.connections.add(conn)
+        trace = self.dispatcher.trace
+        if trace is not None:
+            trace.opened(conn)
         try:
             await conn.serve()
         except Exception as exc:  # a bug in session handling: one line in the log, never a traceback
             log.error("session failed: %s", type(exc).__name__)
         finally:
             self.connections.discard(conn)
+            if trace is not None:
+                trace.closed(conn)
         return ws
 
     async def sweep(self) -> int:
@@ -156,6 +161,8 @@ class Node:
         await self.committer.close()
         if self.status_path is not None:
             remove_status(self.status_path)
+        if self.dispatcher.trace is not None:
+            self.dispatcher.trace.close()
 
 
 NODE_KEY = web.AppKey("node", Node)
@@ -170,12 +177,14 @@ def make_app(
     rng: crypto.Rng = os.urandom,
     connector: Connector | None = None,
     status_path=None,
+    trace=None,
 ) -> web.Application:
     """The node's aiohttp application; it owns ``store`` and closes it on cleanup.
 
     ``app[NODE_KEY]`` is the ``Node`` (for tests: ``sweep()``, counts).
     """
     node = Node(config, identity, store, clock=clock, rng=rng, connector=connector, status_path=status_path)
+    node.dispatcher.trace = trace
     app = web.Application()
     app[NODE_KEY] = node
     app.router.add_get(WEBSOCKET_PATH, node.handle)
@@ -210,6 +219,7 @@ async def run(
     on_listening: Callable[[NodeAddress], None],
     tor_options: TorOptions | None = None,
     progress: Progress | None = print_progress,
+    trace_path=None,
 ) -> None:
     """Serve ``data_dir`` until SIGINT or SIGTERM.
 
@@ -246,7 +256,12 @@ async def run(
             connector = TorConnector(socks_port=tor.socks_port, on_unreachable=tor.refresh_circuits)
             tor.on_socks_port = lambda port: setattr(connector, "socks_port", port)
         store = SQLiteQueueStore(data_dir.db_path)
-        app = make_app(config, identity, store, connector=connector, status_path=data_dir.status_path)
+        trace = None
+        if trace_path is not None:
+            from .trace import RelayTrace
+
+            trace = RelayTrace(trace_path)
+        app = make_app(config, identity, store, connector=connector, status_path=data_dir.status_path, trace=trace)
         if tor is not None:
             node = app[NODE_KEY]
             node.status_extra = lambda: {"onion_service": tor.state}
