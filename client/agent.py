@@ -51,6 +51,8 @@ PROVENANCE_LABELS = {
 TRANSIENT = (LinkClosed, RelayError, NoRelayError, OSError, asyncio.TimeoutError)
 FINAL_CODES = ("NO_QUEUE",)
 """Relay answers that no retry can change: the queue is gone."""
+REQUEST_TIMEOUT = 2 * 86400
+"""Seconds a connection request waits for an answer before the contact is marked failed (as Briar does)."""
 
 
 class AgentError(Exception):
@@ -143,6 +145,10 @@ class Agent:
         self.last_activity = 0.0
         """Loop time at which the agent last finished some work (``receive`` waits for quiet)."""
         self._busy = 0
+        self._started: asyncio.Event | None = None
+        """Set once ``run`` has started a keeper for every queue (``receive`` waits for it)."""
+        self._first_attempts: set[bytes] = set()
+        """Queues whose first subscription (after ``run`` started) has not been answered yet."""
 
     def reload_relays(self) -> None:
         """The profile's trusted relays changed: use the new list for new queues and forwarding."""
@@ -327,15 +333,76 @@ class Agent:
     # --- contacts -----------------------------------------------------------------
 
     def contacts(self) -> list[Contact]:
+        self._expire_requests()
         unread = self.store.unread_counts()
-        return [Contact.of(row, unread.get(row.id, 0)) for row in self.store.contacts(exclude=(ContactState.PENDING,))]
+        hidden = (ContactState.PENDING, ContactState.DELETED)
+        return [Contact.of(row, unread.get(row.id, 0)) for row in self.store.contacts(exclude=hidden)]
+
+    def _expire_requests(self) -> None:
+        """A request nobody answered for REQUEST_TIMEOUT was rejected or lost: say so once, stop waiting."""
+        expired = self.store.requested_before(self._now() - REQUEST_TIMEOUT)
+        for row in expired:
+            with self.store.transaction():
+                if self.store.update_contact(row.id, expect_state=ContactState.REQUESTED, state=ContactState.FAILED):
+                    self.store.drop_outbox(row.id)
+                    self._event("failed", row.alias, f"{row.alias} did not answer your connection request within "
+                                f"{REQUEST_TIMEOUT // 86400} days; it was rejected or lost (make a new invitation)",
+                                reason="no_answer")
+            self._stop_watching_contact(row.id)
+
+    async def delete_contact(self, alias: str, *, history: bool = False) -> Contact:
+        """Forget a contact: its queues are deleted from the relays; its messages too only with ``history``."""
+        contact = self.contact(alias)
+        blobs = self.store.contact_fields(contact.id, "inbound", "next_inbound")
+        with self.store.transaction():
+            self.store.drop_outbox(contact.id)
+            if history:
+                self.store.delete_contact(contact.id)
+            else:
+                self.store.update_contact(contact.id, state=ContactState.DELETED, inbound=None, next_inbound=None,
+                                          outbound=None, handshake=None, ratchet=None, send_chain=None,
+                                          recv_chain=None)
+        await self._drop_queues(contact.id, blobs)
+        return dataclasses.replace(contact, state=ContactState.DELETED)
+
+    async def cancel_request(self, alias: str) -> Contact:
+        """Withdraw a connection request we sent that was not answered yet."""
+        contact = self.contact(alias)
+        if contact.state != ContactState.REQUESTED:
+            raise AgentError(f"{contact.alias} is {contact.state}: only a request still waiting for an answer can be cancelled")
+        blobs = self.store.contact_fields(contact.id, "inbound", "next_inbound")
+        with self.store.transaction():
+            self.store.drop_outbox(contact.id)
+            self.store.delete_contact(contact.id)
+        await self._drop_queues(contact.id, blobs)
+        return contact
+
+    async def block(self, alias: str) -> Contact:
+        """Hear nothing more from a contact: our queue for them is deleted, nothing is sent to them; history stays."""
+        contact = self.contact(alias)
+        blobs = self.store.contact_fields(contact.id, "inbound", "next_inbound")
+        with self.store.transaction():
+            self.store.drop_outbox(contact.id)
+            self.store.update_contact(contact.id, state=ContactState.BLOCKED, inbound=None, next_inbound=None,
+                                      outbound=None, handshake=None)
+            self._event("blocked", contact.alias, f"{contact.alias} is blocked: nothing more from or to them")
+        await self._drop_queues(contact.id, blobs)
+        return dataclasses.replace(contact, state=ContactState.BLOCKED)
+
+    async def _drop_queues(self, contact_id: int, blobs) -> None:
+        self._stop_watching_contact(contact_id)
+        for blob in blobs:
+            if blob is not None:
+                await self._delete_quietly(InboundQueue.from_bytes(blob))
 
     def contact_by_id(self, contact_id: int) -> Contact:
         return Contact.of(self.store.contact(contact_id))
 
-    def contact(self, alias: str) -> Contact:
-        """The contact named ``alias``: exactly, else ignoring case when that is unambiguous."""
-        found = [row for row in self.store.contacts_named(alias) if row.state != ContactState.PENDING]
+    def contact(self, alias: str, *, deleted: bool = False) -> Contact:
+        """The contact named ``alias``: exactly, else ignoring case when that is unambiguous
+        (a deleted contact, whose history was kept, only with ``deleted``)."""
+        hidden = (ContactState.PENDING,) if deleted else (ContactState.PENDING, ContactState.DELETED)
+        found = [row for row in self.store.contacts_named(alias) if row.state not in hidden]
         if len(found) != 1:
             raise ContactNotFound(alias, [row.alias for row in found])
         return Contact.of(found[0])
@@ -353,7 +420,7 @@ class Agent:
         return {"name": self.profile.display_name, "bio": self.profile.bio}
 
     def history(self, alias: str, limit: int = 50, *, mark_read: bool = True) -> list[dict]:
-        contact = self.contact(alias)
+        contact = self.contact(alias, deleted=True)
         rows = self.store.history(contact.id, limit)
         if mark_read and any(r["unread"] for r in rows):
             with self.store.transaction():
@@ -386,7 +453,13 @@ class Agent:
         return e2e.safety_code_for_state(e2e.RatchetState.from_bytes(ratchet))
 
     def verify(self, alias: str, code: str) -> bool:
-        """Mark ``alias`` verified if ``code`` matches; return whether it did."""
+        """Mark ``alias`` verified if ``code`` matches; return whether it did.
+
+        A malformed or incomplete code is an error, not a mismatch: a typo must not raise the alarm.
+        """
+        digits = "".join(ch for ch in code if ch not in " \t\r\n-._")
+        if len(digits) != 60 or not (digits.isascii() and digits.isdigit()):
+            raise AgentError("that is not a complete code (12 groups of 5 digits); check it and type it again")
         contact = self.contact(alias)
         expected = self.security_code(alias)
         if not e2e.codes_match(expected, code):
@@ -493,6 +566,7 @@ class Agent:
         if isinstance(exc, RelayError) and exc.code in FINAL_CODES:
             with self.store.transaction():
                 self.store.drop_outbox(row.contact_id)
+                self.store.fail_pending_messages(row.contact_id)
                 self.store.update_contact(row.contact_id, state=ContactState.FAILED)
                 self._event("failed", row.alias,
                             f"{row.alias}: the relay says their queue does not exist ({exc}); nothing more will be sent",
@@ -510,15 +584,19 @@ class Agent:
 
     # --- receiving -----------------------------------------------------------------
 
-    async def receive(self, wait: float = 5.0) -> list[Event]:
-        """Run until ``wait`` seconds pass without a delivery or a send; return the events of that time."""
+    async def receive(self, wait: float = 0.0) -> list[Event]:
+        """Fetch everything waiting (every queue subscribed once, every delivery handled, what is due sent),
+        then keep listening until ``wait`` seconds pass without news; return the events of that time."""
         start = len(self.events)
         self._touch()
+        self._started = asyncio.Event()
         runner = asyncio.create_task(self.run())
         try:
+            await asyncio.wait({runner, asyncio.ensure_future(self._started.wait())}, return_when=asyncio.FIRST_COMPLETED)
             while not runner.done():
                 quiet = self.idle_for
-                if quiet >= wait and not self._sending_soon():
+                settled = not self._first_attempts and self.network.deliveries.empty() and not self._sending_soon()
+                if quiet >= wait and settled:
                     break
                 await asyncio.wait({runner}, timeout=min(wait - quiet, 0.25) if quiet else 0.05)
         finally:
@@ -536,6 +614,7 @@ class Agent:
     async def run(self) -> None:
         """Keep every inbound queue subscribed, handle deliveries, send the outbox; until cancelled."""
         self._wake = asyncio.Event()
+        self._expire_requests()
         now = self.clock()
         for row in self.store.outbox():  # after a start, each contact's backlog leaves at its own time
             if row.contact_id not in self._retry_at:
@@ -545,6 +624,8 @@ class Agent:
             with self._working():
                 self._watch_all()
                 await asyncio.sleep(0)  # let the keepers start (and mark themselves busy)
+            if self._started is not None:
+                self._started.set()
             while not _stopping():
                 delivery = await self.network.deliveries.get()
                 with self._working():
@@ -558,6 +639,7 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*self._keepers.values(), return_exceptions=True)
             self._keepers.clear()
+            self._first_attempts.clear()
             self._wake = None
 
     async def _send_loop(self) -> None:
@@ -612,11 +694,13 @@ class Agent:
             delay = 0.0
         else:
             delay = self.timing.open_delay(urgent=kind == "contact" and bool(self.store.outbox(row_id)))
+        self._first_attempts.add(queue.rid)
         self._keepers[queue.rid] = asyncio.create_task(self._keep(queue, delay))
 
     def _unwatch(self, queue: InboundQueue) -> None:
         self._owners.pop(queue.rid, None)
         self.network.unsubscribe(queue)
+        self._first_attempts.discard(queue.rid)
         keeper = self._keepers.pop(queue.rid, None)
         if keeper is not None and keeper is not asyncio.current_task():
             keeper.cancel()
@@ -626,6 +710,7 @@ class Agent:
             if owner == ("contact", contact_id):
                 queue = self.network.subscribed(rid)
                 self._owners.pop(rid, None)
+                self._first_attempts.discard(rid)
                 keeper = self._keepers.pop(rid, None)
                 if keeper is not None:
                     keeper.cancel()
@@ -639,7 +724,10 @@ class Agent:
         while queue.rid in self._owners and not _stopping():
             try:
                 with self._working():
-                    link = await self.network.subscribe(queue)
+                    try:
+                        link = await self.network.subscribe(queue)
+                    finally:
+                        self._first_attempts.discard(queue.rid)
             except TRANSIENT as exc:
                 self._relay_down(queue.relay, exc)
                 await asyncio.sleep(backoff + self.timing.open_delay())

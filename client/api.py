@@ -55,7 +55,8 @@ EVENT_KINDS = {
     "delivered": "the contact's receipt arrived (fields: message, seq, sent)",
     "verified": "a contact's security code was compared and matched",
     "rotated": "a conversation moved to a new queue",
-    "failed": "a contact's queue is gone; nothing more is sent to it (field: reason)",
+    "failed": "a contact's queue is gone, or a request got no answer; nothing more is sent (field: reason)",
+    "blocked": "a contact was blocked",
     "warning": "something went wrong that needs no answer (a message could not be read, ...)",
     "relay_down": "a relay could not be reached (field: relay)",
     "relay_up": "a relay is reachable again (field: relay)",
@@ -308,11 +309,15 @@ async def send(ctx: Context, contact, text, profile):
     agent = ctx.agent(profile)
     row = await agent.send(contact, text)
     await _deliver(ctx, agent, agent.contact(contact).id)
-    return row | {"state": agent.message_state(row["id"])}
+    state = agent.message_state(row["id"])
+    if state == "failed":
+        raise ApiError(FAILED, f"not delivered: {row['contact']}'s queue no longer exists (they deleted or blocked "
+                               "this conversation); nothing more will be sent to them", kind="contact_failed")
+    return row | {"state": state}
 
 
 @method("receive", "Messages and news not shown yet; one-shot, this also fetches them from the relays.",
-        "[event]", Param("wait", "number", default=5.0, help="seconds without news before returning"),
+        "[event]", Param("wait", "number", default=0.0, help="seconds to keep listening after the last news"),
         PROFILE, network=True)
 async def receive(ctx: Context, wait, profile):
     if wait < 0 or wait > 86400:
@@ -327,7 +332,12 @@ async def receive(ctx: Context, wait, profile):
         for event in earlier:  # shown before anything new, so an interrupted receive loses nothing
             _show(ctx, event)
         agent.mark_shown([e.data["message"] for e in earlier])
-        listener = (lambda event: _show(ctx, event)) if ctx.emit else None
+        def listener(event: Event) -> None:  # shown as it happens, and read from then on (Ctrl-C loses nothing)
+            _show(ctx, event)
+            if event.kind == "message":
+                agent.mark_shown([event.data["message"]])
+
+        listener = listener if ctx.emit else None
         if listener:
             agent.listeners.append(listener)
         try:
@@ -411,6 +421,26 @@ async def rotate(ctx: Context, contact, profile):
     relay = await agent.rotate(contact)
     await _deliver(ctx, agent, agent.contact(contact).id)
     return {"contact": agent.contact(contact).alias, "relay": relay}
+
+
+@method("contact.delete", "Delete a contact: its queues go from the relays; its messages only with history.",
+        '{"deleted", "history"}', Param("contact", "string", True),
+        Param("history", "boolean", default=False, help="also delete the messages"), PROFILE, network=True)
+async def contact_delete(ctx: Context, contact, history, profile):
+    deleted = await ctx.agent(profile).delete_contact(contact, history=history)
+    return {"deleted": deleted.alias, "history": "deleted" if history else "kept"}
+
+
+@method("contact.cancel", "Withdraw a connection request that was not answered yet.", '{"cancelled"}',
+        Param("contact", "string", True), PROFILE, network=True)
+async def contact_cancel(ctx: Context, contact, profile):
+    return {"cancelled": (await ctx.agent(profile).cancel_request(contact)).alias}
+
+
+@method("contact.block", "Block a contact: nothing more from or to them; the history stays.", '{"blocked"}',
+        Param("contact", "string", True), PROFILE, network=True)
+async def contact_block(ctx: Context, contact, profile):
+    return {"blocked": (await ctx.agent(profile).block(contact)).alias}
 
 
 # --- the daemon itself -----------------------------------------------------------------------

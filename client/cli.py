@@ -248,6 +248,13 @@ def _oneshot(home: Path, method: str, params: dict, *, emit=None) -> Any:
         _fail(exc)
 
 
+def _safe(text) -> str:
+    """Text a contact chose (a message, a name), with control characters made visible: a message
+    must not be able to move the cursor, clear the screen or retitle the terminal it is printed on."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _time(ts: int | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else ""
 
@@ -255,9 +262,9 @@ def _time(ts: int | None) -> str:
 def _event_line(event: dict) -> str:
     if event["kind"] == "message":
         earlier = "  (earlier)" if event.get("earlier") else ""
-        return f"[{_time(event.get('time'))}] {event['contact']}: {event['text']}{earlier}"
-    who = f"{event['contact']}: " if event.get("contact") and event["kind"] not in ("connected", "request", "delivered") else ""
-    return f"* {who}{event['text']}"
+        return f"[{_time(event.get('time'))}] {_safe(event['contact'])}: {_safe(event['text'])}{earlier}"
+    who = f"{_safe(event['contact'])}: " if event.get("contact") and event["kind"] not in ("connected", "request", "delivered") else ""
+    return f"* {who}{_safe(event['text'])}"
 
 
 def _grouped_lines(events: list[dict]) -> list[str]:
@@ -267,7 +274,8 @@ def _grouped_lines(events: list[dict]) -> list[str]:
 
     def close_run():
         if len(run) > 2:
-            lines.append(f"* delivered to {run[0]['contact']}: {len(run)} messages, the last {run[-1]['text'].split(': ', 1)[-1]}")
+            lines.append(f"* delivered to {_safe(run[0]['contact'])}: {len(run)} messages, "
+                         f"the last {_safe(run[-1]['text'].split(': ', 1)[-1])}")
         else:
             lines.extend(_event_line(e) for e in run)
         run.clear()
@@ -466,7 +474,7 @@ def contacts(home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt
     lines = []
     for r in rows:
         unread = f"  {r['unread']} unread" if r["unread"] else ""
-        lines.append(f"{r['alias']:<20} {r['state']:<10} {r['assurance']}{unread}")
+        lines.append(f"{_safe(r['alias']):<20} {r['state']:<10} {r['assurance']}{unread}")
     _emit(rows, "\n".join(lines) or "no contacts", json_out)
 
 
@@ -490,7 +498,7 @@ def send(
 @command
 @network_command
 def receive(
-    wait: Annotated[float, typer.Option("--wait", min=0, help="Return after this many seconds without news.")] = 5.0,
+    wait: Annotated[float, typer.Option("--wait", min=0, help="Keep listening this many seconds after the last news (default: return once everything waiting was fetched).")] = 0.0,
     follow: Annotated[bool, typer.Option("--follow", help="Keep printing events until Ctrl-C (needs the daemon).")] = False,
     home: HomeOpt = None,
     profile: ProfileOpt = None,
@@ -502,13 +510,31 @@ def receive(
         _follow(home, as_json)
         return
     streamed = []
+    receipts: list[dict] = []  # a run of receipts is printed as one line, once something else comes or at the end
+
+    def print_receipts() -> None:
+        if receipts:
+            print("\n".join(_grouped_lines(receipts)), flush=True)
+            receipts.clear()
 
     def emit(event) -> None:  # one-shot: each event as it happens, so Ctrl-C loses nothing shown
         streamed.append(event.id)
-        if not as_json:
-            print(_event_line(event.to_json()), flush=True)
+        if as_json:
+            return
+        data = event.to_json()
+        if data["kind"] == "delivered" and (not receipts or receipts[0]["contact"] == data["contact"]):
+            receipts.append(data)
+            return
+        print_receipts()
+        if data["kind"] == "delivered":
+            receipts.append(data)
+        else:
+            print(_event_line(data), flush=True)
 
-    events = _invoke("receive", {"wait": wait, "profile": profile or _options.profile}, home, emit=emit)
+    try:
+        events = _invoke("receive", {"wait": wait, "profile": profile or _options.profile}, home, emit=emit)
+    finally:
+        print_receipts()
     if as_json:
         _emit(events, None, True)
     elif not streamed:
@@ -538,10 +564,10 @@ def history(
     rows = _invoke("history", {"contact": contact, "limit": limit, "profile": profile or _options.profile}, home)
     lines = []
     for r in rows:
-        who = "you" if r["direction"] == "out" else contact
+        who = "you" if r["direction"] == "out" else _safe(contact)
         state = f"  ({r['state']})" if r["direction"] == "out" else ""
-        notice = f"  [{r['notice']}]" if r["notice"] else ""
-        lines.append(f"#{r['id']} [{_time(r['time'])}] {who}: {r['text']}{state}{notice}")
+        notice = f"  [{_safe(r['notice'])}]" if r["notice"] else ""
+        lines.append(f"#{r['id']} [{_time(r['time'])}] {who}: {_safe(r['text'])}{state}{notice}")
     _emit(rows, "\n".join(lines) or "no messages", json_out)
 
 
@@ -594,6 +620,42 @@ def status(home: HomeOpt = None, json_out: JsonOpt = False):
         lines.append(f"  {p['name']}: {p['contacts']} contacts, {p['unread']} unread, {p['outbox']} in the outbox, "
                      f"{len(p['relays'])} relays")
     _emit(result, "\n".join(lines), json_out)
+
+
+contact_app = typer.Typer(help="Delete, cancel or block a contact.", no_args_is_help=True, rich_markup_mode=None)
+
+
+@contact_app.command("delete")
+@command
+@network_command
+def contact_delete(
+    contact: ContactArg,
+    delete_history: Annotated[bool, typer.Option("--history", help="Also delete the messages (kept by default).")] = False,
+    home: HomeOpt = None,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Delete CONTACT: its queues are deleted from the relays; the history stays unless --history."""
+    result = _invoke("contact.delete", {"contact": contact, "history": delete_history, "profile": profile or _options.profile}, home)
+    _emit(result, f"deleted {result['deleted']} (history {result['history']})", json_out)
+
+
+@contact_app.command("cancel")
+@command
+@network_command
+def contact_cancel(contact: ContactArg, home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
+    """Withdraw your connection request to CONTACT (one not answered yet)."""
+    result = _invoke("contact.cancel", {"contact": contact, "profile": profile or _options.profile}, home)
+    _emit(result, f"cancelled the request to {result['cancelled']}", json_out)
+
+
+@contact_app.command("block")
+@command
+@network_command
+def contact_block(contact: ContactArg, home: HomeOpt = None, profile: ProfileOpt = None, json_out: JsonOpt = False):
+    """Block CONTACT: your queue for them is deleted and nothing is sent to them; the history stays."""
+    result = _invoke("contact.block", {"contact": contact, "profile": profile or _options.profile}, home)
+    _emit(result, f"blocked {result['blocked']}", json_out)
 
 
 # --- the daemon -----------------------------------------------------------------------------
@@ -696,5 +758,6 @@ def register(app: typer.Typer) -> None:
     app.callback()(_root)
     app.add_typer(profile_app, name="profile")
     app.add_typer(relay_app, name="relay")
+    app.add_typer(contact_app, name="contact")
     for func in (invite, connect, requests, accept, reject, contacts, send, receive, history, verify, rotate, status, daemon):
         app.command(func.__name__)(func)

@@ -197,6 +197,10 @@ class AsyncDaemonClient:
                 message = json.loads(line)
                 if "method" in message and "id" not in message:
                     self._notifications.put_nowait(message)
+                elif "error" in message and message.get("id") is None:  # e.g. too many connections: for every call
+                    for future in self._pending.values():
+                        if not future.done():
+                            future.set_result(message)
                 elif (future := self._pending.get(message.get("id"))) is not None and not future.done():
                     future.set_result(message)
         finally:

@@ -27,6 +27,8 @@ class ContactState(enum.StrEnum):
     inviter: PENDING --(user accepts)--> ACCEPTED --(their profile arrives)--> CONNECTED
              PENDING --(user rejects)--> deleted
     either:  REQUESTED/ACCEPTED --(the relay says the queue does not exist)--> FAILED
+             REQUESTED --(no answer within REQUEST_TIMEOUT)--> FAILED
+             any --(user blocks)--> BLOCKED      any --(user deletes, history kept)--> DELETED
     """
 
     REQUESTED = "requested"
@@ -34,6 +36,8 @@ class ContactState(enum.StrEnum):
     ACCEPTED = "accepted"
     CONNECTED = "connected"
     FAILED = "failed"
+    BLOCKED = "blocked"
+    DELETED = "deleted"
 
 
 LIVE_STATES = (ContactState.REQUESTED, ContactState.ACCEPTED, ContactState.CONNECTED)
@@ -192,6 +196,13 @@ class ChatStore:
     def delete_contact(self, contact_id: int) -> None:
         self.db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
 
+    def requested_before(self, created_before: int) -> list[ContactRow]:
+        rows = self.db.fetch_all(
+            "SELECT id FROM contacts WHERE profile_id = ? AND state = ? AND created_at < ?",
+            (self.profile_id, ContactState.REQUESTED, created_before),
+        )
+        return [self.contact(r[0]) for r in rows]
+
     def live_queues(self) -> list[tuple[int, bytes | None, bytes | None]]:
         """(contact id, inbound, next_inbound) of the contacts whose queues we read."""
         rows = self.db.fetch_all(
@@ -243,6 +254,10 @@ class ChatStore:
 
     def mark_sent(self, message_id: int) -> bool:
         return self.db.execute("UPDATE messages SET state = 'sent' WHERE id = ? AND state = 'pending'", (message_id,)).rowcount == 1
+
+    def fail_pending_messages(self, contact_id: int) -> None:
+        self.db.execute("UPDATE messages SET state = 'failed' WHERE contact_id = ? AND direction = 'out' AND state = 'pending'",
+                        (contact_id,))
 
     def message_state(self, message_id: int) -> str | None:
         row = self.db.fetch_one("SELECT state FROM messages WHERE id = ?", (message_id,))

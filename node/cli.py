@@ -77,6 +77,8 @@ def init(
     directory = DataDir(data)
     _guard(lambda: directory.init(listen, access_key or (), onion=onion))
     typer.echo(str(_guard(directory.address)))
+    typer.echo(f"next: start it with 'onionpost node run --data {data}'; people add the address above with "
+               "'onionpost relay add ADDRESS'", err=True)
 
 
 @app.command()
@@ -185,6 +187,11 @@ def run(
     def listening(node_address) -> None:
         print(f"onionpost node listening on {_host_port(config.host, config.port)} address {node_address}", flush=True)
 
+    from .status import read_status
+
+    live = _guard(lambda: read_status(directory)) if directory.db_path.exists() else {}
+    if live.get("running"):
+        _fail(f"a node is already running on {data} (see 'onionpost node status --data {data}'); stop it first")
     try:
         _guard(lambda: _run_loop(serve(directory, listening, options, trace_path=trace)))
     except KeyboardInterrupt:

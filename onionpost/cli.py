@@ -16,7 +16,8 @@ from onionpost.torconfig.cli import app as testnet_app
 
 app = typer.Typer(
     name="onionpost",
-    help="Private chat over one-directional queues on Tor onion relays.",
+    help="Private chat over one-directional queues on Tor onion relays.\n\n"
+    "The password for your data comes from a prompt, or from $ONIONPOST_PASSWORD.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: on/off flags show as flags, not '<bool>'

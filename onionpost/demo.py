@@ -20,11 +20,10 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from onionpost.client.agent import Agent
-from onionpost.client.db import open_database
 from onionpost.client.profiles import add_relay, create_profile
 from onionpost.client.qr import qr_png, qr_terminal, read_qr_image
-from onionpost.client.tor import ClientTor, TorSettings
+from onionpost.client.runtime import ClientRuntime
+from onionpost.client.tor import TorSettings
 from onionpost.torconfig.socks import isolation_credentials
 from onionpost.torconfig.testnet import DEFAULT_RELAYS, PrivateTorNetwork
 
@@ -103,25 +102,26 @@ class RelayProcess:
 
 
 class Person:
+    """One person's client, built like every client: a ClientRuntime on its own home."""
+
     def __init__(self, name: str, home: Path, relay: str, testnet: Path):
         self.name, self.home = name, home
-        self.password = secrets.token_urlsafe(16)
-        db = open_database(home, self.password, create=True)
-        profile = create_profile(db, name, name.capitalize())
-        add_relay(db, profile, relay)
-        self.db, self.profile = db, profile
-        self.tor = ClientTor(home, TorSettings(testnet=testnet))
-        self.agent: Agent | None = None
+        self.runtime = ClientRuntime.open(home, secrets.token_urlsafe(16), create=True,
+                                          tor_settings=TorSettings(testnet=testnet), timeout=60,
+                                          progress=progress_line(f"{name}'s tor"))
+        profile = create_profile(self.runtime.db, name.lower(), name)
+        add_relay(self.runtime.db, profile, relay)
+        self.agent = self.runtime.agent(profile)
+
+    @property
+    def tor(self):
+        return self.runtime.tor
 
     async def start(self) -> None:
-        connector = await self.tor.start(progress=progress_line(f"{self.name}'s tor"))
-        self.agent = Agent(self.db, self.profile, connector=connector, timeout=60)
+        await self.runtime.start_network()
 
     async def close(self) -> None:
-        if self.agent is not None:
-            await self.agent.close()
-        self.tor.stop()
-        self.db.close()
+        await self.runtime.close()
 
 
 async def _settle(*people: Person, rounds: int = 3, wait: float = 1.5) -> None:
@@ -173,8 +173,8 @@ async def run_demo(workdir: Path) -> None:
             say(f"   {name}'s relay: {address}")
 
         say("3. Two people, each with an encrypted home, their own relay and their own tor...")
-        alice = Person("alice", workdir / "alice", addresses[0], network.directory)
-        bob = Person("bob", workdir / "bob", addresses[1], network.directory)
+        alice = Person("Alice", workdir / "alice", addresses[0], network.directory)
+        bob = Person("Bob", workdir / "bob", addresses[1], network.directory)
         for person in (alice, bob):
             stack.push_async_callback(person.close)
         await asyncio.gather(alice.start(), bob.start())
@@ -184,11 +184,11 @@ async def run_demo(workdir: Path) -> None:
         png = workdir / "invitation.png"
         qr_png(link, png)
         say(qr_terminal(link))
-        say(f"   (also saved as {png})")
+        say(f"   (also saved as {png}; the demo's folder is deleted at the end unless you pass --keep)")
 
         say("5. Bob scans it from the PNG and sends a connection request; Alice's client accepts it.")
         started = time.monotonic()
-        await bob.agent.connect(read_qr_image(png), via="qr-image", alias="alice")
+        await bob.agent.connect(read_qr_image(png), via="qr-image", alias="Alice")
         for _ in range(20):  # each side receives briefly until both are connected
             await _settle(alice, bob, rounds=1, wait=0.3)
             states = [c.state for c in alice.agent.contacts() + bob.agent.contacts()]
@@ -204,6 +204,7 @@ async def run_demo(workdir: Path) -> None:
         for sender, text in MESSAGES:
             aliases = [c.alias for c in people[sender].agent.contacts()]
             await people[sender].agent.send(aliases[0], text)
+            await people[sender].agent.flush()
             await _settle(people[peer[sender]], people[sender], rounds=1, wait=1.0)
         await _settle(alice, bob, rounds=1)
 
@@ -215,7 +216,8 @@ async def run_demo(workdir: Path) -> None:
 
         code_a = alice.agent.security_code(contact)
         code_b = bob.agent.security_code(bob.agent.contacts()[0].alias)
-        say(f"\nSecurity code (same on both sides: {code_a == code_b}): {code_a}")
+        same = "the same on both sides" if code_a == code_b else "DIFFERENT on the two sides"
+        say(f"\nSecurity code ({same}): {code_a}")
 
         say("\nWhich Tor circuit carries each one-directional queue:")
         for person in (alice, bob):

@@ -6,6 +6,7 @@ END) go to the ``on_push`` callback. docs/protocol/relay.md, "Transport".
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
@@ -29,6 +30,18 @@ from .connector import Connector, DirectConnector
 log = logging.getLogger(__name__)
 
 PushHandler = Callable[[bytes | None, Response], Awaitable[None] | None]
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in plain words (not aiohttp's "ssl:default [Connect call failed ...]")."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
+        error = exc.os_error
+        if error.errno:
+            return os.strerror(error.errno).lower()
+        return (error.strerror or str(error) or type(error).__name__).lower()
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
 
 
 class LinkClosed(ConnectionError):
@@ -81,7 +94,7 @@ class RelayLink:
         try:
             http, ws = await asyncio.wait_for(connector.open(address, isolation), timeout)
         except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise LinkClosed(f"cannot reach node {address.host}:{address.port}: {exc or type(exc).__name__}") from None
+            raise LinkClosed(f"cannot reach node {address.host}:{address.port}: {_reason(exc)}") from None
         link = cls(address, ClientSession(address.key), http, ws, on_push)
         try:
             await asyncio.wait_for(asyncio.shield(link._connected), timeout)

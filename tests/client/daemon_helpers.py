@@ -29,15 +29,12 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while "daemon ready" not in self.output:
             left = deadline - time.monotonic()
-            assert left > 0 and self.proc.poll() is None, f"daemon did not start: {self.output}{self._rest()}"
+            if left <= 0 or self.proc.poll() is not None:
+                self.kill()
+                raise AssertionError(f"daemon did not start: {self.output}")
             if select.select([self.proc.stdout], [], [], min(left, 0.5))[0]:
                 self.output += self.proc.stdout.readline()
         return self
-
-    def _rest(self) -> str:
-        if self.proc.poll() is not None:
-            return self.proc.stdout.read()
-        return ""
 
     def call(self, method: str, **params):
         client = DaemonClient.connect(self.home)
@@ -71,6 +68,21 @@ class DaemonProcess:
 
     def assert_clean_log(self) -> None:
         assert "Traceback" not in self.output, self.output[-3000:]
+
+
+def stop_all(daemons: list[DaemonProcess]) -> None:
+    """Stop every daemon (all of them, even if one fails to stop), then check their logs."""
+    failures = []
+    for daemon in daemons:
+        try:
+            daemon.stop()
+        except AssertionError as exc:
+            failures.append(str(exc))
+        finally:
+            daemon.kill()
+    assert not failures, failures
+    for daemon in daemons:
+        daemon.assert_clean_log()
 
 
 def wait_until(condition, timeout: float = 30, what: str = "condition"):

@@ -17,7 +17,7 @@ import pytest
 from onionpost.client.rpc import AsyncDaemonClient, RpcError
 
 from .conftest import PASSWORD, REPO, Person, run_cli
-from .daemon_helpers import DaemonProcess, connect_daemons, wait_until
+from .daemon_helpers import DaemonProcess, connect_daemons, stop_all, wait_until
 
 FAST = ("--link-spread", "1", "--receipt-delay", "0.2")
 
@@ -26,11 +26,13 @@ FAST = ("--link-spread", "1", "--receipt-delay", "0.2")
 def pair(tmp_path, nodes):
     relay = nodes("relay")
     people = [Person(tmp_path / name, name, [relay]) for name in ("alice", "bob")]
-    daemons = [DaemonProcess(p.home, *FAST).start() for p in people]
-    yield daemons
-    for daemon in daemons:
-        daemon.stop()
-        daemon.assert_clean_log()
+    daemons = []
+    try:
+        for person in people:
+            daemons.append(DaemonProcess(person.home, *FAST).start())
+        yield daemons
+    finally:
+        stop_all(daemons)
 
 
 def raw_lines(home, *lines: bytes, read: int = 1, timeout: float = 10) -> list[dict]:

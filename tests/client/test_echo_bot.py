@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from .conftest import REPO, Person
-from .daemon_helpers import DaemonProcess, connect_daemons, wait_until
+from .daemon_helpers import DaemonProcess, connect_daemons, stop_all, wait_until
 
 FAST = ("--link-spread", "1", "--receipt-delay", "0.2")
 
@@ -32,9 +32,10 @@ def stop(proc):
 def test_echo_bot_answers_and_resumes_after_a_restart(tmp_path, nodes):
     relay = nodes("relay")
     alice, bot = (Person(tmp_path / name, name, [relay]) for name in ("alice", "bot"))
-    daemons = [DaemonProcess(alice.home, *FAST).start(), DaemonProcess(bot.home, *FAST).start()]
+    daemons = []
     bot_process = None
     try:
+        daemons += [DaemonProcess(alice.home, *FAST).start(), DaemonProcess(bot.home, *FAST).start()]
         bot_alias, _ = connect_daemons(*daemons)
         bot_process = start_bot(bot.home)
 
@@ -54,6 +55,4 @@ def test_echo_bot_answers_and_resumes_after_a_restart(tmp_path, nodes):
     finally:
         if bot_process is not None:
             stop(bot_process)
-        for daemon in daemons:
-            daemon.stop()
-            daemon.assert_clean_log()
+        stop_all(daemons)

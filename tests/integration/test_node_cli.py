@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,8 @@ def assert_clean_error(result: subprocess.CompletedProcess, *words: str) -> None
 
 
 def test_help_lists_the_commands():
-    for command in (["onionpost", "node", "--help"], [sys.executable, "-m", "onionpost", "node", "--help"]):
+    installed = str(Path(sys.executable).with_name("onionpost"))  # the command the install put beside this Python
+    for command in ([installed, "node", "--help"], [sys.executable, "-m", "onionpost", "node", "--help"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO)
         assert result.returncode == 0, result.stderr
         for name in ("init", "address", "run", "status"):

@@ -1,0 +1,239 @@
+"""A scripted population of onionpost users, as a relay operator sees them (docs/privacy.md).
+
+People are real client daemons (``onionpost daemon``, each with its own home)
+driven through their JSON-RPC API; the relay is a real node process recording
+its view with ``--trace``. The schedule is random and seeded: each
+conversation's messages arrive as a Poisson process, some are answered after
+a random delay, and people go offline (their daemon stops) and come back
+(it starts again, so every queue is subscribed again).
+
+``run_population(scenario, workdir)`` returns the paths of the trace and the
+ground truth (which queue belongs to whom and to which conversation), in the
+formats ``onionpost.lab.relayview`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from onionpost.client.db import open_database
+from onionpost.client.profiles import add_relay, create_profile
+from onionpost.client.queues import InboundQueue, OutboundQueue
+from onionpost.client.rpc import DaemonClient, RpcError
+
+PASSWORD = "population password"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    people: int = 10
+    degree: int = 3
+    """Contacts per person (a random regular graph where possible)."""
+    duration: float = 240.0
+    """Seconds of observed traffic, after the connections are set up."""
+    message_rate: float = 1.0
+    """Messages per minute per conversation direction (Poisson)."""
+    reply_probability: float = 0.5
+    reply_delay: float = 20.0
+    """Mean seconds before a reply (exponential)."""
+    churn_rate: float = 0.5
+    """Times per minute a person goes offline (Poisson)."""
+    offline: float = 20.0
+    """Mean seconds offline (exponential)."""
+    daemon_args: tuple[str, ...] = ()
+    """Extra ``onionpost daemon`` options (the timing settings under test); () means the defaults."""
+    seed: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Person:
+    def __init__(self, name: str, home: Path, daemon_args: tuple[str, ...]):
+        self.name, self.home, self.daemon_args = name, home, daemon_args
+        self.proc: subprocess.Popen | None = None
+        self.log = home.parent / f"{name}.log"
+
+    def start(self, timeout: float = 60) -> None:
+        log = open(self.log, "a")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "onionpost", "daemon", "--home", str(self.home), *self.daemon_args],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=dict(os.environ, ONIONPOST_PASSWORD=PASSWORD),
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}'s daemon did not start (see {self.log})")
+            if select.select([self.proc.stdout], [], [], min(left, 0.5))[0] and "ready" in self.proc.stdout.readline():
+                return
+
+    @property
+    def online(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 60) -> None:
+        if not self.online:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc.stdout.close()
+
+    def call(self, method: str, **params):
+        client = DaemonClient.connect(self.home)
+        if client is None:
+            raise ConnectionError(f"{self.name} is offline")
+        with client:
+            return client.call(method, params)
+
+
+def _graph(people: int, degree: int, rng: random.Random) -> list[tuple[int, int]]:
+    """A random graph where everyone has ``degree`` contacts (the configuration model, retried)."""
+    for _ in range(1000):
+        stubs = [p for p in range(people) for _ in range(degree)]
+        rng.shuffle(stubs)
+        edges = {tuple(sorted(stubs[i:i + 2])) for i in range(0, len(stubs) - 1, 2)}
+        if len(edges) * 2 == len(stubs) and all(a != b for a, b in edges):
+            return sorted(edges)
+    raise ValueError(f"no simple {degree}-regular graph on {people} people found")
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out: {what}")
+        time.sleep(0.2)
+    return result
+
+
+def _truth(people: list[Person]) -> dict:
+    """Every queue's ids, reader, writer and conversation, from the people's own stores."""
+    queues = []
+    for person in people:
+        db = open_database(person.home, PASSWORD, create=False)
+        try:
+            for alias, inbound, outbound in db.fetch_all(
+                "SELECT alias, inbound, outbound FROM contacts WHERE state = 'connected' ORDER BY id"
+            ):
+                queue = InboundQueue.from_bytes(inbound)
+                conversation = "+".join(sorted((person.name, alias)))
+                queues.append({"name": f"{alias}->{person.name}", "rid": queue.rid.hex(), "snd": queue.snd.hex(),
+                               "reader": person.name, "writer": alias, "conversation": conversation,
+                               "writes_to": OutboundQueue.from_bytes(outbound).snd.hex()})
+        finally:
+            db.close()
+    return {"queues": queues}
+
+
+def _schedule(scenario: Scenario, edges: list[tuple[int, int]], rng: random.Random) -> list[tuple[float, str, tuple]]:
+    """(time offset, action, arguments), sorted: sends, replies and offline periods."""
+    events = []
+    for a, b in edges:
+        for sender, receiver in ((a, b), (b, a)):
+            t = rng.expovariate(scenario.message_rate / 60)
+            while t < scenario.duration:
+                events.append((t, "send", (sender, receiver)))
+                if rng.random() < scenario.reply_probability:
+                    reply = t + rng.expovariate(1 / scenario.reply_delay)
+                    if reply < scenario.duration:
+                        events.append((reply, "send", (receiver, sender)))
+                t += rng.expovariate(scenario.message_rate / 60)
+    for person in range(scenario.people):
+        t = rng.expovariate(scenario.churn_rate / 60) if scenario.churn_rate > 0 else scenario.duration
+        while t < scenario.duration:
+            back = t + rng.expovariate(1 / scenario.offline)
+            events.append((t, "offline", (person,)))
+            events.append((min(back, scenario.duration - 1), "online", (person,)))
+            t = back + rng.expovariate(scenario.churn_rate / 60)
+    return sorted(events, key=lambda e: e[0])
+
+
+def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict:
+    """Set up, run and record one scenario; returns paths and counts (also written to ``workdir/run.json``)."""
+    rng = random.Random(scenario.seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    relay_dir, trace = workdir / "relay", workdir / "trace.jsonl"
+    subprocess.run([sys.executable, "-m", "onionpost", "node", "init", "--data", str(relay_dir)], check=True,
+                   capture_output=True, timeout=60)
+    address = subprocess.run([sys.executable, "-m", "onionpost", "node", "address", "--data", str(relay_dir)],
+                             check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    relay = subprocess.Popen([sys.executable, "-m", "onionpost", "node", "run", "--data", str(relay_dir),
+                              "--trace", str(trace)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    people: list[Person] = []
+    try:
+        if "listening" not in relay.stdout.readline():
+            raise RuntimeError("the relay did not start")
+        for index in range(scenario.people):
+            name = f"user{index}"
+            db = open_database(workdir / name, PASSWORD, create=True)
+            add_relay(db, create_profile(db, name), address)
+            db.close()
+            people.append(Person(name, workdir / name, scenario.daemon_args))
+        for person in people:
+            person.start()
+        edges = _graph(scenario.people, scenario.degree, rng)
+        progress(f"{len(people)} people online; connecting {len(edges)} conversations")
+        for a, b in edges:
+            link = people[a].call("invite", link_only=True, auto_accept=True)["link"]
+            people[b].call("connect", link=link, alias=people[a].name)
+
+        def all_connected() -> bool:
+            expected = {p.name: scenario.degree for p in people}
+            return all(sum(c["state"] == "connected" for c in p.call("contacts")) == expected[p.name] for p in people)
+
+        _wait(all_connected, 120 + 10 * len(edges), "every conversation connected")
+        truth = _truth(people)
+        (workdir / "truth.json").write_text(json.dumps(truth, indent=1))
+        start = time.time()
+        progress(f"connected; running the schedule for {scenario.duration:.0f} s")
+        sent = failed = offline_periods = 0
+        for offset, action, args in _schedule(scenario, edges, rng):
+            delay = start + offset - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            if action == "send":
+                sender, receiver = people[args[0]], people[args[1]]
+                if not sender.online:
+                    continue
+                try:
+                    sender.call("send", contact=receiver.name, text=f"{sender.name} to {receiver.name} at {offset:.1f}")
+                    sent += 1
+                except (RpcError, ConnectionError, OSError):
+                    failed += 1
+            elif action == "offline":
+                people[args[0]].stop()
+                offline_periods += 1
+            elif people[args[0]].online is False:
+                people[args[0]].start()
+        observed_until = time.time()
+        result = {"scenario": scenario.to_json(), "trace": str(trace), "truth": str(workdir / "truth.json"),
+                  "observed_from": start, "observed_until": observed_until, "messages_sent": sent,
+                  "send_failures": failed, "offline_periods": offline_periods, "queues": len(truth["queues"])}
+        (workdir / "run.json").write_text(json.dumps(result, indent=1))
+        return result
+    finally:
+        for person in people:
+            person.stop()
+        relay.send_signal(signal.SIGTERM)
+        try:
+            relay.wait(30)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait(10)
+        relay.stdout.close()
