@@ -116,9 +116,9 @@ class RelayView:
 
     def queue(self, ident: str) -> QueueActivity:
         """The queue with this truth name, rid or snd."""
-        ident_l = ident.lower()
+        lowered = ident.lower()
         for q in self.queues.values():
-            if ident in (q.name,) or ident_l in (q.rid, q.snd):
+            if q.name == ident or lowered in (q.rid, q.snd):
                 return q
         raise KeyError(ident)
 
