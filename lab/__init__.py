@@ -1,0 +1,1 @@
+"""The correlation lab: how well a relay operator links queues by timing alone."""
