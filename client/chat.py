@@ -105,20 +105,27 @@ class ChatApp(App):
     # --- layout ------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(id="top")
+        # The widgets are kept as attributes: the app reaches them while a dialog is on top.
+        self.top_line = Static(id="top")
+        self.contact_list = ListView(id="contacts")
+        self.no_contacts = Static(Text("No contacts yet.\nctrl+n invites someone,\nctrl+o answers an invitation.",
+                                       style="dim"), id="no-contacts")
+        self.no_contacts.display = False
+        self.title_line = Static(Text("No conversation open: choose a contact (↑↓, Enter).", style="dim"), id="title")
+        self.message_box = VerticalScroll(id="messages")
+        self.message_input = Input(id="message", placeholder="Choose a contact first", disabled=True)
+        self.news_line = Static(id="news")
+        yield self.top_line
         with Horizontal(id="body"):
             with Vertical(id="side"):
                 yield Static("Contacts", classes="heading")
-                hint = Static(Text("No contacts yet.\nctrl+n invites someone,\nctrl+o answers an invitation.",
-                                   style="dim"), id="no-contacts")
-                hint.display = False
-                yield hint
-                yield ListView(id="contacts")
+                yield self.no_contacts
+                yield self.contact_list
             with Vertical(id="main"):
-                yield Static(Text("No conversation open: choose a contact (↑↓, Enter).", style="dim"), id="title")
-                yield VerticalScroll(id="messages")
-                yield Input(id="message", placeholder="Choose a contact first", disabled=True)
-        yield Static(id="news")
+                yield self.title_line
+                yield self.message_box
+                yield self.message_input
+        yield self.news_line
         yield Footer()
 
     def on_mount(self) -> None:
@@ -163,7 +170,7 @@ class ChatApp(App):
         await self.refresh_contacts()
         await self.refresh_requests()
         self.say("Ready. ↑↓ and Enter open a conversation; ctrl+n invites someone.")
-        self.query_one("#contacts", ListView).focus()
+        self.contact_list.focus()
         self.follow()
 
     async def choose_profile(self) -> str:
@@ -187,7 +194,7 @@ class ChatApp(App):
         why = self.session.own.failure() if self.session.own else None
         self.say("The daemon closed the connection" + (f" ({why})" if why else "") + ": nothing can be sent or "
                  "received now. ctrl+q quits.", error=True)
-        self.query_one("#message", Input).disabled = True
+        self.message_input.disabled = True
 
     async def on_daemon_event(self, event: dict) -> None:
         if event.get("profile") not in (None, self.profile):
@@ -230,7 +237,7 @@ class ChatApp(App):
         except RpcError as exc:
             self.say(exc.message, error=True)
             return
-        view = self.query_one("#contacts", ListView)
+        view = self.contact_list
         items = list(view.query(ContactItem))
         if [i.contact["alias"] for i in items] == [c["alias"] for c in contacts]:
             for item, contact in zip(items, contacts):
@@ -243,7 +250,7 @@ class ChatApp(App):
             if contacts:
                 view.index = aliases.index(chosen) if chosen in aliases else 0
         self.contacts = contacts
-        self.query_one("#no-contacts", Static).display = not contacts
+        self.no_contacts.display = not contacts
         self.show_title()
 
     async def refresh_requests(self) -> None:
@@ -264,7 +271,7 @@ class ChatApp(App):
     @work(exclusive=True, group="open")
     async def open(self, alias: str) -> None:
         await self.open_conversation(alias)
-        message = self.query_one("#message", Input)
+        message = self.message_input
         if not message.disabled:
             message.focus()
 
@@ -273,7 +280,7 @@ class ChatApp(App):
     async def open_conversation(self, alias: str) -> None:
         self.open_alias = alias
         self.lines = {}
-        await self.query_one("#messages", VerticalScroll).remove_children()
+        await self.message_box.remove_children()
         self.show_title()
         await self.load_history()
         await self.refresh_contacts()  # its unread count is 0 now
@@ -290,7 +297,7 @@ class ChatApp(App):
 
     async def show_messages(self, rows: list[dict]) -> None:
         """Add new messages at the end, update the state of those shown."""
-        box = self.query_one("#messages", VerticalScroll)
+        box = self.message_box
         new = []
         for row in rows:
             row = dict(row)
@@ -329,7 +336,7 @@ class ChatApp(App):
             row = await self.api("send", contact=alias, text=text)
         except RpcError as exc:
             self.say(f"Not sent: {exc.message}", error=True)
-            message = self.query_one("#message", Input)
+            message = self.message_input
             if not message.value:
                 message.value = text  # give it back, to send again
             return
@@ -343,7 +350,7 @@ class ChatApp(App):
         self.news = Text(text, style="bold red" if error else "") if isinstance(text, str) else text
         if error:
             self.news.stylize("bold red")
-        self.query_one("#news", Static).update(self.news)
+        self.news_line.update(self.news)
 
     def show_top(self) -> None:
         top = Text("onionpost", style="bold")
@@ -355,12 +362,12 @@ class ChatApp(App):
             top.append(f" · {n} request{'s' if n > 1 else ''}: ctrl+r", style="bold yellow")
         for relay in sorted(self.relays_down):
             top.append(f" · relay down: {relay_host(relay)}", style="bold red")
-        self.query_one("#top", Static).update(top)
+        self.top_line.update(top)
 
     def show_title(self) -> None:
         contact = self.contact(self.open_alias)
-        title = self.query_one("#title", Static)
-        message = self.query_one("#message", Input)
+        title = self.title_line
+        message = self.message_input
         if contact is None:
             title.update(Text("No conversation open: choose a contact (↑↓, Enter).", style="dim"))
             message.disabled, message.placeholder = True, "Choose a contact first"
