@@ -353,15 +353,16 @@ class ChatApp(App):
         self.news_line.update(self.news)
 
     def show_top(self) -> None:
+        """The top line: profile, requests waiting, relays down, then whose daemon this is."""
         top = Text("onionpost", style="bold")
         top.append(f" · {printable(self.profile)}" if self.profile else "")
-        if self.session is not None:
-            top.append(" · own daemon (stops when you quit)" if self.session.own else " · daemon running", style="dim")
         if self.requests:
             n = len(self.requests)
             top.append(f" · {n} request{'s' if n > 1 else ''}: ctrl+r", style="bold yellow")
         for relay in sorted(self.relays_down):
             top.append(f" · relay down: {relay_host(relay)}", style="bold red")
+        if self.session is not None:
+            top.append(" · own daemon (stops when you quit)" if self.session.own else " · daemon running", style="dim")
         self.top_line.update(top)
 
     def show_title(self) -> None:

@@ -73,11 +73,11 @@ def contact_title(contact: dict) -> Text:
         title.append(f" ({printable(display)})")
     title.append(f" · {contact.get('state')}", style="" if contact.get("state") == "connected" else "yellow")
     title.append("\n")
-    title.append(f"key via {KEY_VIA.get(contact.get('key_via'), contact.get('key_via') or '?')} · ", style="dim")
+    title.append(f"key: {KEY_VIA.get(contact.get('key_via'), contact.get('key_via') or '?')} · ", style="dim")
     if contact.get("verified"):
         title.append("✓ verified", style="green")
     else:
-        title.append("not verified (ctrl+s compares codes)", style="yellow")
+        title.append("not verified (ctrl+s)", style="yellow")
     return title
 
 

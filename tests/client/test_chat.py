@@ -151,7 +151,7 @@ async def test_two_chats_invite_accept_talk_and_compare_codes(people, daemons):
 
         # Alice types a message; it goes pending -> delivered on her screen.
         await open_conversation(alice, a, "Bob")
-        assert "key via link (lower assurance)" in shown(alice.title_line)
+        assert "key: link (lower assurance) · not verified (ctrl+s)" in shown(alice.title_line)
         await type_text(a, "hello bob")
         await a.press("enter")
         first = await until(lambda: messages(alice) and messages(alice)[-1], what="the message on alice's screen")
@@ -253,6 +253,14 @@ async def test_reject_a_request_and_api_errors_on_screen(people, daemons):
         assert "Open a conversation first" in news(bob)
         assert not isinstance(bob.screen, VerifyScreen)
 
+        # The daemon stops under the chat: it says so, and what needs the daemon says why it failed.
+        await asyncio.to_thread(daemons[1].stop)
+        await until(lambda: "The daemon closed the connection" in news(bob), what="the lost daemon on screen")
+        await b.press("ctrl+n")
+        invite = await until(lambda: isinstance(bob.screen, InviteScreen) and bob.screen, what="the invite dialog")
+        await until(lambda: "Could not make an invitation: the daemon is not running" in status(invite),
+                    what="the error in the dialog")
+
 
 @pytest.mark.timeout(180)
 async def test_the_chat_runs_its_own_daemon_when_none_runs(people):
@@ -308,12 +316,18 @@ async def test_the_chat_runs_its_own_daemon_when_none_runs(people):
 
 
 @pytest.mark.timeout(60)
-def test_the_command_needs_data_and_other_commands_do_not_load_textual(tmp_path):
+def test_the_command_checks_the_home_first_and_other_commands_do_not_load_textual(tmp_path):
     env = dict(os.environ, ONIONPOST_PASSWORD=PASSWORD)
     result = subprocess.run([sys.executable, "-m", "onionpost", "chat", "--home", str(tmp_path / "none")],
                             capture_output=True, text=True, timeout=30, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert result.stderr.startswith("error: no onionpost data in")
+    person = Person(tmp_path / "carol", "carol", [])
+    wrong = subprocess.run([sys.executable, "-m", "onionpost", "chat", "--home", str(person.home)], capture_output=True,
+                           text=True, timeout=30, cwd=REPO, env=dict(env, ONIONPOST_PASSWORD="wrong"),
+                           stdin=subprocess.DEVNULL)
+    assert wrong.returncode == 1 and wrong.stderr.startswith("error: wrong password")  # one line, before any screen
+    assert not is_locked(person.home)
     probe = ("import sys\nfrom onionpost.cli import app\n"
              "try:\n    app(['status', '--help'])\nexcept SystemExit:\n    pass\n"
              "print('textual' in sys.modules)\n")
