@@ -186,12 +186,15 @@ class ChatApp(App):
 
     @work(exclusive=True, group="events")
     async def follow(self) -> None:
-        async for event in self.session.events():
+        session = self.session
+        async for event in session.events():
             try:
                 await self.on_daemon_event(event)
             except RpcError as exc:
                 self.say(exc.message, error=True)
-        why = self.session.own.failure() if self.session.own else None
+        if self.session is not session:
+            return  # we are quitting: the app closed it
+        why = session.own.failure() if session.own else None
         self.say("The daemon closed the connection" + (f" ({why})" if why else "") + ": nothing can be sent or "
                  "received now. ctrl+q quits.", error=True)
         self.message_input.disabled = True

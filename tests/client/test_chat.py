@@ -333,3 +333,19 @@ def test_the_command_checks_the_home_first_and_other_commands_do_not_load_textua
              "print('textual' in sys.modules)\n")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, cwd=REPO)
     assert loaded.stdout.strip().endswith("False"), loaded.stdout + loaded.stderr
+
+
+def test_what_the_screen_writes():
+    from onionpost.client.chat_text import code_problem, contact_label, later_state, message_line, printable
+
+    assert printable("evil \x1b[2J\r escape\nnext") == "evil \ufffd[2J\ufffd escape\nnext"
+    assert later_state("delivered", "sent") == "delivered" and later_state("pending", "sent") == "sent"
+    assert later_state(None, "sent") == "sent" and later_state("sent", None) == "sent"
+    assert code_problem("") == "Type the code your contact reads to you."
+    assert "it has 10 digits" in code_problem("12345-67890")
+    assert "only digits" in code_problem("1234O " * 12)
+    assert code_problem(" ".join(["12345"] * 12)) is None and code_problem("1" * 60) is None
+    row = {"direction": "in", "text": "[bold]x[/bold]", "time": None}
+    assert message_line(row, "bob").plain == "--:-- bob: [bold]x[/bold]"  # text, never markup
+    assert contact_label({"alias": "bob", "unread": 2, "verified": False, "key_via": "qr-screen",
+                          "state": "accepted"}).plain == "bob  2 unread\n  key: QR on screen · accepted"
