@@ -657,6 +657,38 @@ def contact_block(contact: ContactArg, home: HomeOpt = None, profile: ProfileOpt
     result = _invoke("contact.block", {"contact": contact, "profile": profile or _options.profile}, home)
     _emit(result, f"blocked {result['blocked']}", json_out)
 
+# --- the chat screen --------------------------------------------------------------------------
+
+
+@command
+@network_command
+def chat(home: HomeOpt = None, profile: ProfileOpt = None):
+    """Full-screen chat: contacts, conversations, invitations, requests, security codes.
+
+    It talks to the home's daemon; without one it runs its own until you quit (password asked first).
+    """
+    path = _home(home)
+    client = DaemonClient.connect(path) if path.is_dir() else None
+    open_runtime = None
+    if client is not None:
+        client.close()  # a daemon answers: the chat uses it, no password needed
+    else:
+        from .runtime import ClientRuntime
+
+        if not (path / "onionpost.db").exists():
+            raise UserError(f"no onionpost data in {path}: create a profile first with 'onionpost profile create NAME'")
+        check_private(path)
+        if is_locked(path):
+            raise HomeBusy(path, owner_pid(path))
+        settings, timing = _tor_settings(), _timing(daemon=True)
+        # Opened here so a wrong password is one line, not a screen; the chat's event loop runs it.
+        runtime = ClientRuntime.open(path, _password(path, confirm=False), tor_settings=settings,
+                                     isolation=_options.isolation, timing=timing)
+        open_runtime = lambda: runtime  # noqa: E731
+    from .chat import ChatApp  # Textual only for this command: the others start fast
+
+    ChatApp(path, profile=profile or _options.profile, open_runtime=open_runtime).run()
+
 
 # --- the daemon -----------------------------------------------------------------------------
 
@@ -759,5 +791,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(profile_app, name="profile")
     app.add_typer(relay_app, name="relay")
     app.add_typer(contact_app, name="contact")
-    for func in (invite, connect, requests, accept, reject, contacts, send, receive, history, verify, rotate, status, daemon):
+    for func in (invite, connect, requests, accept, reject, contacts, send, receive, history, verify, rotate, status,
+                 chat, daemon):
         app.command(func.__name__)(func)
