@@ -165,6 +165,7 @@ class Agent:
 
     def _event(self, kind: str, contact: str | None, text: str, **data) -> None:
         """Log an event (in the current transaction, if any) and tell listeners once it is committed."""
+        data["at"] = round(self.clock(), 3)  # when it happened here (latency measurements use it)
         event_id = self.store.add_event(kind, contact, text, data, self._now())
         event = Event(kind, contact, text, data, event_id, self.profile.name)
         self.store.after_commit(lambda: self._publish(event))

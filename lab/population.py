@@ -62,9 +62,11 @@ class Person:
     def __init__(self, name: str, home: Path, daemon_args: tuple[str, ...]):
         self.name, self.home, self.daemon_args = name, home, daemon_args
         self.proc: subprocess.Popen | None = None
+        self.away = False
         self.log = home.parent / f"{name}.log"
 
     def start(self, timeout: float = 60) -> None:
+        self.away = False
         log = open(self.log, "a")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "onionpost", "daemon", "--home", str(self.home), *self.daemon_args],
@@ -81,18 +83,27 @@ class Person:
 
     @property
     def online(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.poll() is None and not self.away
+
+    def leave(self) -> None:
+        """Go offline: SIGTERM, without waiting (the daemon closes its links over several seconds)."""
+        if self.online:
+            self.away = True
+            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 60) -> None:
-        if not self.online:
+        """Go offline and wait until the daemon has exited."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc.stdout.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if not self.proc.stdout.closed:
+            self.proc.stdout.close()
 
     def call(self, method: str, **params):
         client = DaemonClient.connect(self.home)
@@ -139,6 +150,40 @@ def _truth(people: list[Person]) -> dict:
         finally:
             db.close()
     return {"queues": queues}
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0, "p50": None, "p95": None}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"count": len(ordered), "p50": round(pick(0.5), 3), "p95": round(pick(0.95), 3)}
+
+
+def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str, list[float]]) -> dict:
+    """What the defences cost: send -> received, send -> receipt back, and a waking client's first message."""
+    delivery, receipt, wake = [], [], []
+    for person in people:
+        db = open_database(person.home, PASSWORD, create=False)
+        try:
+            events = [(kind, json.loads(data)) for kind, data in db.fetch_all("SELECT kind, data FROM events ORDER BY id")]
+            texts = dict(db.fetch_all("SELECT id, text FROM messages WHERE direction = 'out'"))
+            received = []
+            for kind, data in events:
+                if kind == "message":
+                    text = db.fetch_one("SELECT text FROM messages WHERE id = ?", (data["message"],))
+                    if text and text[0] in sent:
+                        delivery.append(data["at"] - sent[text[0]])
+                        received.append((data["at"], sent[text[0]]))
+                elif kind == "delivered" and texts.get(data["message"]) in sent:
+                    receipt.append(data["at"] - sent[texts[data["message"]]])
+            for woke in online_at.get(person.name, []):
+                waiting = [at for at, sent_at in received if sent_at < woke <= at]
+                if waiting:
+                    wake.append(min(waiting) - woke)
+        finally:
+            db.close()
+    return {"delivery": _percentiles(delivery), "receipt": _percentiles(receipt), "first_message_after_waking": _percentiles(wake)}
 
 
 def _schedule(scenario: Scenario, edges: list[tuple[int, int]], rng: random.Random) -> list[tuple[float, str, tuple]]:
@@ -203,6 +248,8 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
         start = time.time()
         progress(f"connected; running the schedule for {scenario.duration:.0f} s")
         sent = failed = offline_periods = 0
+        sent_at: dict[str, float] = {}
+        online_at: dict[str, list[float]] = {}
         for offset, action, args in _schedule(scenario, edges, rng):
             delay = start + offset - time.time()
             if delay > 0:
@@ -211,20 +258,29 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
                 sender, receiver = people[args[0]], people[args[1]]
                 if not sender.online:
                     continue
+                text = f"{sender.name} to {receiver.name} at {offset:.3f}"
                 try:
-                    sender.call("send", contact=receiver.name, text=f"{sender.name} to {receiver.name} at {offset:.1f}")
+                    sent_at[text] = time.time()
+                    sender.call("send", contact=receiver.name, text=text)
                     sent += 1
                 except (RpcError, ConnectionError, OSError):
                     failed += 1
             elif action == "offline":
-                people[args[0]].stop()
-                offline_periods += 1
-            elif people[args[0]].online is False:
+                if people[args[0]].online:
+                    people[args[0]].leave()
+                    offline_periods += 1
+            else:
+                people[args[0]].stop()  # the old daemon may still be closing its links
                 people[args[0]].start()
+                online_at.setdefault(people[args[0]].name, []).append(time.time())
+        time.sleep(min(30.0, scenario.duration / 4))  # let the last messages and receipts arrive
         observed_until = time.time()
+        for person in people:
+            person.stop()
         result = {"scenario": scenario.to_json(), "trace": str(trace), "truth": str(workdir / "truth.json"),
                   "observed_from": start, "observed_until": observed_until, "messages_sent": sent,
-                  "send_failures": failed, "offline_periods": offline_periods, "queues": len(truth["queues"])}
+                  "send_failures": failed, "offline_periods": offline_periods, "queues": len(truth["queues"]),
+                  "latency": _latencies(people, sent_at, online_at)}
         (workdir / "run.json").write_text(json.dumps(result, indent=1))
         return result
     finally:
