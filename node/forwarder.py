@@ -13,12 +13,22 @@ import time
 from onionpost.proto import Error, ErrorCode, ForwardResult, NodeAddress, RelayForward, RelayForwardResult, Response
 from onionpost.transport import Connector, DirectConnector, LinkClosed, RelayLink
 
+from .tally import Tally
+
 log = logging.getLogger(__name__)
 
 
 class Forwarder:
-    def __init__(self, connector: Connector | None = None, *, connect_timeout: float = 30.0, request_timeout: float = 60.0):
+    def __init__(
+        self,
+        connector: Connector | None = None,
+        *,
+        connect_timeout: float = 30.0,
+        request_timeout: float = 60.0,
+        tally: Tally | None = None,
+    ):
         self.connector = connector or DirectConnector()
+        self.tally = tally or Tally()
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self._links: dict[NodeAddress, RelayLink] = {}
@@ -36,7 +46,7 @@ class Forwarder:
             link = await self._link(address)
             [response] = await link.request_many([(RelayForward(env=envelope), None, None)], timeout=self.request_timeout)
         except (LinkClosed, OSError, asyncio.TimeoutError):
-            log.info("forwarding failed: destination node unreachable")
+            self.tally.count("forwards failed (destination unreachable)")
             return Error(ErrorCode.UNREACHABLE.value, "the destination node cannot be reached")
         if isinstance(response, RelayForwardResult):
             return ForwardResult(env=response.env)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -23,6 +24,7 @@ from onionpost.transport import Connector
 from onionpost.transport.connector import MAX_MESSAGE, WEBSOCKET_PATH
 from onionpost.transport.tor import TorConnector
 
+from .admission import Admission
 from .commands import Dispatcher
 from .committer import Committer
 from .config import NodeConfig
@@ -35,11 +37,14 @@ from .onion import _Stopped as TorStopped
 from .status import remove_status, write_status
 from .store import QueueStore, SQLiteQueueStore
 from .subscriptions import Subscriptions
+from .tally import Tally
 from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 1.0
+LISTEN_BACKLOG = 1024
+AIOHTTP_LOGGERS = ("aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server", "aiohttp.web", "aiohttp.websocket")
 CHECKPOINT_EVERY = 10
 """Sweeps between WAL truncations (so deleted rows do not linger in the WAL file)."""
 
@@ -63,12 +68,16 @@ class Node:
         self.clock = clock
         self.rng = rng
         self.status_path = status_path
+        self.tally = Tally()
         self.mailbox = Mailbox(store, config, clock=clock, rng=rng)
         self.committer = Committer(store)
         self.subscriptions = Subscriptions()
-        self.forwarder = Forwarder(connector)
+        self.forwarder = Forwarder(connector, tally=self.tally)
         self.dispatcher = Dispatcher(identity, self.mailbox, self.committer, self.subscriptions, self.forwarder, clock=clock, rng=rng)
         self.connections: set[Connection] = set()
+        """WebSocket sessions, established or still in their handshake."""
+        self.admission: Admission | None = None
+        """Set by ``run``: the gate in front of aiohttp, which counts every open TCP connection."""
         self.status_extra: Callable[[], dict] | None = None
         """Extra fields for status.json (an onion node's service state)."""
         self._tasks: list[asyncio.Task] = []
@@ -80,22 +89,34 @@ class Node:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=4 * MAX_MESSAGE, compress=False, heartbeat=60.0)
         if not ws.can_prepare(request).ok:
-            return web.Response(status=400, text="onionpost relay: WebSocket only\n")
+            refusal = web.Response(status=400, text="onionpost relay: WebSocket only\n")
+            refusal.force_close()
+            return refusal
         # No Nagle: over an onion service the peer is tor on loopback, and Nagle + delayed ACK
         # turns a 1 ms round trip into ~88 ms.
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except (ConnectionError, OSError, RuntimeError):  # the client left before the answer
+            self.tally.count("upgrades abandoned by the client")
+            raise web.HTTPBadRequest() from None  # aiohttp ends the request without logging it
         session = NodeSession(self.identity.public, self.identity.secret, rng=self.rng)
         throttle = TokenBucket(self.config.throttle.rate, self.config.throttle.burst)
-        conn = Connection(ws, session, self.dispatcher, throttle)
+        transport = request.transport
+        conn = Connection(
+            ws, session, self.dispatcher, throttle, tally=self.tally,
+            hello_timeout=self.config.connections.handshake_timeout,
+            on_established=lambda: self.admission is not None and self.admission.established(transport),
+        )
         self.connections.add(conn)
         try:
             await conn.serve()
         except Exception as exc:  # a bug in session handling: one line in the log, never a traceback
             log.error("session failed: %s", type(exc).__name__)
+            self.tally.count("sessions failed")
         finally:
             self.connections.discard(conn)
         return ws
@@ -129,17 +150,28 @@ class Node:
             self.write_status()
             await asyncio.sleep(STATUS_INTERVAL)
 
+    async def _tally_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.log_interval)
+            self.tally.flush(self.config.log_interval)
+
+    def counts(self) -> dict[str, int]:
+        """Live figures: open TCP connections, established sessions, subscriptions."""
+        sessions = sum(1 for conn in self.connections if conn.established)
+        connections = self.admission.open if self.admission is not None else len(self.connections)
+        return {"connections": connections, "sessions": sessions, "subscriptions": len(self.subscriptions)}
+
     def write_status(self) -> None:
         if self.status_path is not None:
             try:
                 extra = self.status_extra() if self.status_extra is not None else {}
-                write_status(self.status_path, subscriptions=len(self.subscriptions), sessions=len(self.connections), **extra)
+                write_status(self.status_path, **self.counts(), **extra)
             except OSError as exc:
-                log.warning("cannot write the status file: %s", exc.strerror or type(exc).__name__)
+                self.tally.count(f"status file not written ({exc.strerror or type(exc).__name__})")
 
     async def start(self, app: web.Application) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._sweep_loop())]
+        self._tasks = [loop.create_task(self._sweep_loop()), loop.create_task(self._tally_loop())]
         if self.status_path is not None:
             self._tasks.append(loop.create_task(self._status_loop()))
 
@@ -154,6 +186,7 @@ class Node:
                 await task
         await self.forwarder.close()
         await self.committer.close()
+        self.tally.flush(self.config.log_interval)
         if self.status_path is not None:
             remove_status(self.status_path)
 
@@ -178,11 +211,57 @@ def make_app(
     node = Node(config, identity, store, clock=clock, rng=rng, connector=connector, status_path=status_path)
     app = web.Application()
     app[NODE_KEY] = node
+    app.on_response_prepare.append(_anonymous)
     app.router.add_get(WEBSOCKET_PATH, node.handle)
     app.on_startup.append(node.start)
     app.on_shutdown.append(node.close_sessions)
     app.on_cleanup.append(node.stop)
     return app
+
+
+async def _anonymous(request: web.Request, response: web.StreamResponse) -> None:
+    """relay.md "Transport": no response names the server software."""
+    response.headers.popall("Server", None)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit from %d to %d", soft, target)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+class _OneLine(logging.Filter):
+    """A record with an exception keeps its message and the exception's type, not the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__ if exc else 'error'}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def one_line_logs() -> None:
+    """No client can make the node log a traceback: aiohttp's and asyncio's records lose theirs."""
+    for name in (*AIOHTTP_LOGGERS, "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLine) for f in logger.filters):
+            logger.addFilter(_OneLine())
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """asyncio's unhandled errors: one line each, never a traceback."""
+    exc = context.get("exception")
+    log.error("%s%s", context.get("message", "unhandled error"), f": {type(exc).__name__}" if exc is not None else "")
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -196,7 +275,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart must not wait for TIME_WAIT
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -235,7 +314,10 @@ async def run(
         loop.add_signal_handler(sig, stop.set)
     tor: NodeTor | None = None
     runner: web.AppRunner | None = None
+    node: Node | None = None
     store: QueueStore | None = None
+    descriptors = raise_descriptor_limit()
+    one_line_logs()
     sock = bind_listener(config.host, config.port)
     try:
         connector = None
@@ -251,11 +333,13 @@ async def run(
             node = app[NODE_KEY]
             node.status_extra = lambda: {"onion_service": tor.state}
             tor.on_state = node.write_status
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         store = None  # the app owns it now
-        site = web.SockSite(runner, sock, shutdown_timeout=5.0)
-        await site.start()
+        node = app[NODE_KEY]
+        node.admission = Admission(runner.server, config.connections, descriptors, node.tally)
+        loop.set_exception_handler(_loop_exception)
+        node.admission.start(sock)
         watcher = None
         if tor is not None:
             await tor.publish()
@@ -279,6 +363,8 @@ async def run(
         try:
             if tor is not None:
                 tor.on_state = None  # status.json goes with the app; the tor's last states are not news
+            if node is not None and node.admission is not None:
+                node.admission.close()
             if runner is not None:
                 await runner.cleanup()
             if store is not None:
