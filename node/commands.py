@@ -67,6 +67,8 @@ class Dispatcher:
         self.forwarder = forwarder
         self.clock = clock
         self.rng = rng
+        self.on_delete: Callable[[], None] = lambda: None
+        """Called after a commit that deleted data (DEL, a successful ACK): the node purges its WAL soon."""
         self._handlers = {
             New: self._new,
             SecureQueue: self._simple(mailbox.secure),
@@ -146,6 +148,8 @@ class Dispatcher:
 
     def _ack(self, conn, t: Transmission, slot: Slot) -> None:
         def acked(result: Acked) -> None:
+            if result.ok:
+                self.on_delete()
             attached: list = []
             target = self.subscriptions.acked(t.queue, t.command.mid, result.ok, result.next)
             self._push(conn, target, t.queue, result.next, attached)
@@ -156,6 +160,7 @@ class Dispatcher:
 
     def _delete(self, conn, t: Transmission, slot: Slot) -> None:
         def deleted(result: Ok) -> None:
+            self.on_delete()
             subscriber = self.subscriptions.unsubscribe(t.queue)
             if subscriber is not None and subscriber is not conn:
                 subscriber.push(t.queue, SubscriptionEnded())

@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 STATUS_INTERVAL = 1.0
 LISTEN_BACKLOG = 1024
 AIOHTTP_LOGGERS = ("aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server", "aiohttp.web", "aiohttp.websocket")
-CHECKPOINT_EVERY = 10
-"""Sweeps between WAL truncations (so deleted rows do not linger in the WAL file)."""
+PURGE_DELAY = 1.0
+"""Seconds from a deletion (DEL, ACK, expiry) to the WAL checkpoint that empties the WAL file, so
+deleted rows leave every file of the node within about this long (relay.md "DEL")."""
 
 
 class Node:
@@ -81,7 +82,8 @@ class Node:
         self.status_extra: Callable[[], dict] | None = None
         """Extra fields for status.json (an onion node's service state)."""
         self._tasks: list[asyncio.Task] = []
-        self._sweeps = 0
+        self._purge: asyncio.TimerHandle | asyncio.Task | None = None
+        self.dispatcher.on_delete = self.purge_soon
 
     def address(self, host: str, port: int) -> NodeAddress:
         return NodeAddress(self.identity.public, host, port)
@@ -124,13 +126,27 @@ class Node:
     async def sweep(self) -> int:
         """Delete expired messages and envelope keys now; return how many messages went."""
         removed = await self._expire()
-        self._sweeps += 1
-        if self._sweeps % CHECKPOINT_EVERY == 0:
-            try:
-                await self.committer.run_alone(self.mailbox.store.checkpoint)
-            except Exception as exc:  # a busy reader (e.g. `node status`) only delays the truncation
-                log.warning("WAL checkpoint failed: %s", type(exc).__name__)
+        self.purge_soon()  # also keeps the WAL file short
         return removed
+
+    def purge_soon(self) -> None:
+        """Something was deleted: empty the WAL file within ``PURGE_DELAY`` (one checkpoint for all deletions meanwhile)."""
+        if self._purge is None and not self.committer.closing:
+            self._purge = asyncio.get_running_loop().call_later(PURGE_DELAY, self._start_purge)
+
+    def _start_purge(self) -> None:
+        self._purge = asyncio.get_running_loop().create_task(self.purge())
+
+    async def purge(self) -> None:
+        """Checkpoint now and truncate the WAL: deleted rows, already overwritten in the database, leave the WAL too."""
+        try:
+            await self.committer.run_alone(self.mailbox.store.checkpoint)
+        except Exception as exc:  # a busy reader (e.g. `node status`) only delays the truncation: try again
+            self.tally.count(f"WAL checkpoints failed ({type(exc).__name__})")
+            self._purge = None
+            self.purge_soon()
+            return
+        self._purge = None
 
     async def _expire(self) -> int:
         removed = await self.committer.call(self.mailbox.sweep)
@@ -179,13 +195,15 @@ class Node:
         await asyncio.gather(*(conn.close() for conn in list(self.connections)), return_exceptions=True)
 
     async def stop(self, app: web.Application) -> None:
+        if self._purge is not None:
+            self._purge.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.forwarder.close()
-        await self.committer.close()
+        await self.committer.close()  # SQLite checkpoints and removes the WAL as the last connection closes
         self.tally.flush(self.config.log_interval)
         if self.status_path is not None:
             remove_status(self.status_path)

@@ -8,7 +8,8 @@ envelope keys are kept until they expire ("Forwarding", step 2).
 
 Queues live on disk: nothing is loaded at startup. The database uses WAL with
 ``synchronous=FULL`` (a committed transaction survives power loss) and
-``secure_delete`` (freed pages are overwritten, so DEL purges).
+``secure_delete`` (freed pages are overwritten); the node truncates the WAL
+soon after every deletion (``checkpoint``), so deleted rows leave the WAL too.
 """
 
 import os

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from onionpost.node.config import NodeConfig
 from onionpost.node.datadir import Identity
-from onionpost.node.server import CHECKPOINT_EVERY, NODE_KEY, make_app
+from onionpost.node.server import NODE_KEY, make_app
 from onionpost.node.store import SQLiteQueueStore, read_counts
 from onionpost.proto import (
     BLOCK_SIZE, Ack, Delete, Error, ErrorCode, Forward, Get, Message, NodeAddress, NoMessage, Ok, Ping, Pong, Send, Subscribe,
@@ -176,7 +176,7 @@ async def test_forwarding_shares_one_link_per_destination(tmp_path):
             await runner.cleanup()
 
 
-async def test_deleted_queue_leaves_no_bytes_after_the_periodic_checkpoint(start_node, tmp_path):
+async def test_deleted_queue_leaves_no_bytes_after_the_purge(start_node, tmp_path):
     address, node, _ = await start_node(FakeClock())
     client = await RawClient.connect(address)
     try:
@@ -187,8 +187,7 @@ async def test_deleted_queue_leaves_no_bytes_after_the_periodic_checkpoint(start
         assert isinstance(await client.request(Delete(), q.rid, q.rsecret), Ok)
     finally:
         await client.close()
-    for _ in range(CHECKPOINT_EVERY):
-        await node.sweep()
+    await node.purge()
     assert (tmp_path / "node.db-wal").stat().st_size == 0
     data = (tmp_path / "node.db").read_bytes()
     for secret in (q.rid, q.snd, q.queue_key, q.rkey, q.skey, got.box[24:]):
