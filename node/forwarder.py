@@ -1,5 +1,8 @@
 """FWD to other nodes: one pooled ``RelayLink`` per destination (relay.md "FWD", "Forwarding").
 
+An onion node forwards only to onion destinations: a loopback destination
+(meant for local development) is answered UNREACHABLE without connecting.
+
 All clients of this node share the link to a destination, so the destination
 learns only which node forwards, not which client. Links are reopened when
 they close. The connector is injectable: ``DirectConnector`` for loopback
@@ -18,6 +21,10 @@ from .tally import Tally
 log = logging.getLogger(__name__)
 
 
+def unreachable() -> Error:
+    return Error(ErrorCode.UNREACHABLE.value, "the destination node cannot be reached")
+
+
 class Forwarder:
     def __init__(
         self,
@@ -26,9 +33,12 @@ class Forwarder:
         connect_timeout: float = 30.0,
         request_timeout: float = 60.0,
         tally: Tally | None = None,
+        loopback: bool = True,
     ):
         self.connector = connector or DirectConnector()
         self.tally = tally or Tally()
+        self.loopback = loopback
+        """False: loopback destinations are refused as unreachable, without any connection (onion nodes)."""
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self._links: dict[NodeAddress, RelayLink] = {}
@@ -42,12 +52,17 @@ class Forwarder:
             ``ForwardResult`` with the destination's sealed answer, the
             destination's ``Error``, or ``Error(UNREACHABLE)``.
         """
+        if address.is_loopback and not self.loopback:
+            # Reaching into the host's loopback would let anyone probe its local services (the answer
+            # time differs for open and closed ports): the same answer as any unreachable node, at once.
+            self.tally.count("forwards refused (loopback destination)")
+            return unreachable()
         try:
             link = await self._link(address)
             [response] = await link.request_many([(RelayForward(env=envelope), None, None)], timeout=self.request_timeout)
         except (LinkClosed, OSError, asyncio.TimeoutError):
             self.tally.count("forwards failed (destination unreachable)")
-            return Error(ErrorCode.UNREACHABLE.value, "the destination node cannot be reached")
+            return unreachable()
         if isinstance(response, RelayForwardResult):
             return ForwardResult(env=response.env)
         if isinstance(response, Error):

@@ -63,6 +63,7 @@ class Node:
         rng: crypto.Rng = os.urandom,
         connector: Connector | None = None,
         status_path=None,
+        loopback_forwarding: bool | None = None,
     ):
         self.config = config
         self.identity = identity
@@ -73,7 +74,9 @@ class Node:
         self.mailbox = Mailbox(store, config, clock=clock, rng=rng)
         self.committer = Committer(store)
         self.subscriptions = Subscriptions()
-        self.forwarder = Forwarder(connector, tally=self.tally)
+        if loopback_forwarding is None:
+            loopback_forwarding = config.onion is None
+        self.forwarder = Forwarder(connector, tally=self.tally, loopback=loopback_forwarding)
         self.dispatcher = Dispatcher(identity, self.mailbox, self.committer, self.subscriptions, self.forwarder, clock=clock, rng=rng)
         self.connections: set[Connection] = set()
         """WebSocket sessions, established or still in their handshake."""
@@ -221,12 +224,15 @@ def make_app(
     rng: crypto.Rng = os.urandom,
     connector: Connector | None = None,
     status_path=None,
+    loopback_forwarding: bool | None = None,
 ) -> web.Application:
     """The node's aiohttp application; it owns ``store`` and closes it on cleanup.
 
-    ``app[NODE_KEY]`` is the ``Node`` (for tests: ``sweep()``, counts).
+    ``app[NODE_KEY]`` is the ``Node`` (for tests: ``sweep()``, counts). ``loopback_forwarding``:
+    may FWD reach loopback nodes (default: only if this node is a loopback node itself, not an onion one).
     """
-    node = Node(config, identity, store, clock=clock, rng=rng, connector=connector, status_path=status_path)
+    node = Node(config, identity, store, clock=clock, rng=rng, connector=connector, status_path=status_path,
+                loopback_forwarding=loopback_forwarding)
     app = web.Application()
     app[NODE_KEY] = node
     app.on_response_prepare.append(_anonymous)
@@ -346,7 +352,10 @@ async def run(
             connector = TorConnector(socks_port=tor.socks_port, on_unreachable=tor.refresh_circuits)
             tor.on_socks_port = lambda port: setattr(connector, "socks_port", port)
         store = SQLiteQueueStore(data_dir.db_path)
-        app = make_app(config, identity, store, connector=connector, status_path=data_dir.status_path)
+        # A loopback node is for development; an onion node reaches loopback nodes only on a private test network.
+        loopback = config.onion is None or (tor_options is not None and tor_options.testnet is not None)
+        app = make_app(config, identity, store, connector=connector, status_path=data_dir.status_path,
+                       loopback_forwarding=loopback)
         if tor is not None:
             node = app[NODE_KEY]
             node.status_extra = lambda: {"onion_service": tor.state}

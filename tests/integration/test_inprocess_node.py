@@ -214,3 +214,35 @@ async def test_idle_sessions_keep_no_blocks(start_node):
         tracemalloc.stop()
         for client in clients:
             await client.close()
+
+
+async def test_an_onion_node_refuses_loopback_destinations_like_any_unreachable_node(tmp_path, shared_node):
+    """Item 4: FWD to a loopback port (open: a node; or closed) from an onion node opens no connection
+    and answers exactly what an unreachable destination gets, so it cannot probe the host's services."""
+    from onionpost.node.config import OnionConfig
+    from onionpost.node.datadir import free_port
+
+    connector = CountingConnector()
+    identity = Identity.from_seed(os.urandom(32))
+    app = make_app(NodeConfig(onion=OnionConfig()), identity, SQLiteQueueStore(tmp_path / "onion.db"), connector=connector)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        client = await RawClient.connect(NodeAddress(identity.public, "127.0.0.1", runner.addresses[0][1]))
+        try:
+            answers, seconds = [], []
+            for port in (shared_node.address.port, free_port("127.0.0.1"), 22):
+                destination = NodeAddress(shared_node.address.key, "127.0.0.1", port)
+                envelope, _ = forward.seal_send(destination.key, os.urandom(24), Send(body=b"probe"), None, int(time.time()))
+                started = time.perf_counter()
+                answers.append(await client.request(Forward(node=str(destination), env=envelope)))
+                seconds.append(time.perf_counter() - started)
+            unreachable = Error(ErrorCode.UNREACHABLE.value, "the destination node cannot be reached")
+            assert answers == [unreachable] * 3
+            assert connector.opened == 0  # nothing was tried, so the answer cannot depend on the port
+            print("FWD to loopback from an onion node, open / closed / ssh port:", ", ".join(f"{s * 1000:.1f} ms" for s in seconds))
+        finally:
+            await client.close()
+    finally:
+        await runner.cleanup()
