@@ -144,3 +144,26 @@ async def test_forward_bad_or_unreachable_destination(node_factory):
         assert isinstance(answer, Error) and answer.code == ErrorCode.UNREACHABLE
     finally:
         await client.close()
+
+
+async def test_rfwd_from_a_client_session_is_no_more_than_a_direct_send(node_factory):
+    """Item 5: relay.md allows RFWD from any session; its inner SEND gets exactly the checks of a direct SEND."""
+    from onionpost.proto import RelayForward, RelayForwardResult
+
+    b = node_factory("b")
+    client = await RawClient.connect(b.address)
+    try:
+        q = await new_queue(client, node=b)
+        envelope, key = seal(b, q, b"by RFWD")
+        answer = await client.request(RelayForward(env=envelope))
+        assert isinstance(answer, RelayForwardResult) and isinstance(forward.open_response(key, answer.env), Ok)
+        got = await client.request(Get(), q.rid, q.rsecret)
+        assert delivery.open_message(q.queue_key, got.box)[1] == b"by RFWD"
+        unsigned, key = seal(b, q, b"no signature", signed=False)  # a secured queue: AUTH, as for a direct SEND
+        refused = forward.open_response(key, (await client.request(RelayForward(env=unsigned))).env)
+        direct = await client.request(Send(body=b"no signature"), q.snd, None)
+        assert isinstance(refused, Error) and refused.code == direct.code == ErrorCode.AUTH
+        replay = await client.request(RelayForward(env=envelope))
+        assert isinstance(replay, Error) and replay.code == ErrorCode.ENVELOPE
+    finally:
+        await client.close()
