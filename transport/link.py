@@ -172,7 +172,10 @@ class RelayLink:
 
     async def _dispatch(self, reply: Reply) -> None:
         if reply.corr is not None:
-            future = self._pending.get(reply.corr)
+            # An empty corr answers a command whose corr the node could not read: answers come in
+            # command order, so it is the oldest one still unanswered (relay.md "Responses").
+            corr = reply.corr or next((c for c, f in self._pending.items() if not f.done()), None)
+            future = self._pending.get(corr)
             if future is not None and not future.done():
                 future.set_result(reply.response)
             return

@@ -101,13 +101,14 @@ async def test_block_content_not_msgpack(shared_node):
 async def test_malformed_transmissions_are_answered_not_fatal(shared_node):
     client = await RawClient.connect(shared_node.address)
     try:
-        # Body that is not msgpack: SYNTAX, with no corr to echo.
+        # Body that is not msgpack: SYNTAX, with an empty corr (no corr to echo; nil would mean a push).
         await client.send_packed(packb([b"", b"\xc1\xc1"]))
         reply = await client.reply()
-        assert reply.corr is None and reply.response.code == ErrorCode.SYNTAX
+        assert reply.corr == b"" and reply.response.code == ErrorCode.SYNTAX
         # Not a [signature, body] pair.
         await client.send_packed(packb({"not": "a transmission"}))
-        assert (await client.reply()).response.code == ErrorCode.SYNTAX
+        reply = await client.reply()
+        assert reply.corr == b"" and reply.response.code == ErrorCode.SYNTAX
         # A field of the wrong type: SYNTAX with the corr.
         corr = client.session.next_corr()
         body = packb({"sess": client.session.session_id, "corr": corr, "q": None, "cmd": "NEW", "rkey": "text", "dhkey": b"x"})
@@ -204,3 +205,24 @@ async def test_envelope_with_low_order_key_is_envelope_error(shared_node):
         assert isinstance(await client.request(Ping()), Pong)
     finally:
         await client.close()
+
+
+async def test_a_link_matches_the_answer_to_an_unreadable_corr_by_order(shared_node, monkeypatch):
+    """Item 1: RelayLink does not hang on a command whose corr the node could not read."""
+    from onionpost.proto import session as session_module
+    from onionpost.transport import RelayLink
+
+    link = await RelayLink.connect(shared_node.address)
+    try:
+        encode = session_module.encode_body
+        calls = []
+
+        def first_with_a_short_corr(sess, corr, queue, command):
+            calls.append(corr)
+            return encode(sess, corr[:23] if len(calls) == 1 else corr, queue, command)
+
+        monkeypatch.setattr(session_module, "encode_body", first_with_a_short_corr)
+        first, second = await link.request_many([(Ping(), None, None), (Ping(), None, None)], timeout=10)
+        assert isinstance(first, Error) and first.code == ErrorCode.SYNTAX and isinstance(second, Pong)
+    finally:
+        await link.close()
