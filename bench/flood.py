@@ -1,6 +1,7 @@
 """A flood of new sessions from one source, and what it does to subscribed clients.
 
     python -m bench.flood [--pairs 20] [--interval 0.05] [--seconds 8] [--flooders 2] [--nice 10] [--kinds handshake,silent,idle]
+                          [--nofile 1024]
 
 Loopback only, bounded in time and count. For each flood kind and for two node settings (the
 defaults of ``connections`` in node.json, and admission limits lifted), it starts a node, connects
@@ -234,7 +235,7 @@ async def measure(address: str, pid: int, args, kind: str) -> dict:
 def run_one(args, kind: str, lifted: bool, workdir: Path) -> None:
     connections = dict(LIFTED) if lifted else {}
     node = NodeProcess.init(workdir / f"{kind}-{'lifted' if lifted else 'default'}", connections=connections, log_interval=5.0)
-    node.start()
+    node.start(prefix=("prlimit", f"--nofile={args.nofile}:{args.nofile}") if args.nofile else (), log_level="INFO")
     try:
         result = asyncio.run(measure(node.address, node.pid, args, kind))
     finally:
@@ -251,7 +252,9 @@ def run_one(args, kind: str, lifted: bool, workdir: Path) -> None:
         during = result["marks"]["during"]
         extra = max(0.0, during[2] - base_cpu) * (during[1] - during[0])
         print(f"  node CPU per completed flood handshake: {extra / counts['handshakes'] * 1e6:.0f} µs")
-    print(f"  node log (WARNING and above): {len(node.log_path.read_text().splitlines())} lines")
+    lines = node.log_path.read_text().splitlines()
+    summaries = [line.split(": ", 1)[1] for line in lines if "in the last" in line]
+    print(f"  node log: {len(lines)} lines, {len(node.log_path.read_text())} bytes" + (f"; last summary: {summaries[-1][:300]}" if summaries else ""))
 
 
 def main() -> None:
@@ -267,6 +270,7 @@ def main() -> None:
                         "not on the node's cores (0: let them compete with the node)")
     parser.add_argument("--flooder", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--no-lifted", action="store_true", help="only the default limits")
+    parser.add_argument("--nofile", type=int, default=0, help="run the node with this RLIMIT_NOFILE (soft and hard), e.g. 1024")
     args = parser.parse_args()
     if args.flooder:
         print(json.dumps(asyncio.run(flood(args.flooder, args.seconds, args.kinds, args.concurrency))), flush=True)
