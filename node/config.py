@@ -71,6 +71,9 @@ class NodeConfig:
     sweep_interval: float = 60.0
     """Seconds between sweeps of expired messages and seen envelope keys."""
     connections: Connections = field(default_factory=Connections)
+    rewrite_interval: float = 3600.0
+    """Seconds between two rewrites of the database in key order (after writes only): the file's layout
+    keeps the order in which queues and messages arrived for at most this long (relay.md "Threat model")."""
     log_interval: float = 60.0
     """Seconds between two summary lines of routine failures (refused connections, failed sessions)."""
     onion: OnionConfig | None = None
@@ -95,7 +98,7 @@ class NodeConfig:
             raise ConfigError("the configuration must be a JSON object")
         known = {
             "listen", "access_keys", "quota", "ttl", "unsecured_limit", "throttle", "sweep_interval", "onion",
-            "connections", "log_interval",
+            "connections", "log_interval", "rewrite_interval",
         }
         unknown = set(data) - known
         if unknown:
@@ -123,6 +126,7 @@ class NodeConfig:
             sweep_interval=_number("sweep_interval", data.get("sweep_interval", cls.sweep_interval)),
             connections=_connections(data.get("connections", {})),
             log_interval=_number("log_interval", data.get("log_interval", cls.log_interval)),
+            rewrite_interval=_number("rewrite_interval", data.get("rewrite_interval", cls.rewrite_interval)),
             onion=None if data.get("onion") is None else _onion(data["onion"]),
         )
 

@@ -169,6 +169,25 @@ class Node:
             self.write_status()
             await asyncio.sleep(STATUS_INTERVAL)
 
+    async def _rewrite_loop(self) -> None:
+        written = self.mailbox.store.changes()
+        while True:
+            await asyncio.sleep(self.config.rewrite_interval)
+            if self.mailbox.store.changes() != written:
+                await self.rewrite()
+                written = self.mailbox.store.changes()
+
+    async def rewrite(self) -> None:
+        """Rebuild the database in key order (``QueueStore.rewrite``), between two batches of commands."""
+        started = time.monotonic()
+        try:
+            await self.committer.run_alone(self.mailbox.store.rewrite)
+        except Exception as exc:  # a busy reader: the next interval tries again
+            self.tally.count(f"database rewrites failed ({type(exc).__name__})")
+            return
+        self.tally.count("database rewrites")
+        self.tally.count("database rewrite milliseconds", round((time.monotonic() - started) * 1000))
+
     async def _tally_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.log_interval)
@@ -190,7 +209,7 @@ class Node:
 
     async def start(self, app: web.Application) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._sweep_loop()), loop.create_task(self._tally_loop())]
+        self._tasks = [loop.create_task(t) for t in (self._sweep_loop(), self._tally_loop(), self._rewrite_loop())]
         if self.status_path is not None:
             self._tasks.append(loop.create_task(self._status_loop()))
 

@@ -246,3 +246,21 @@ async def test_an_onion_node_refuses_loopback_destinations_like_any_unreachable_
             await client.close()
     finally:
         await runner.cleanup()
+
+
+async def test_the_node_rewrites_its_database_after_writes(start_node):
+    """Item 8: every rewrite_interval, if anything was written, the file is rebuilt in key order."""
+    address, node, _ = await start_node(FakeClock(), rewrite_interval=0.2)
+    client = await RawClient.connect(address)
+    try:
+        await new_queue(client)
+        deadline = time.monotonic() + 10
+        while node.tally["database rewrites"] < 1:
+            assert time.monotonic() < deadline, "no rewrite"
+            await asyncio.sleep(0.05)
+        rewrites = node.tally["database rewrites"]
+        await asyncio.sleep(0.6)  # nothing written since: no more rewrites
+        assert node.tally["database rewrites"] == rewrites
+        assert isinstance(await client.request(Ping()), Pong)
+    finally:
+        await client.close()
