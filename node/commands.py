@@ -47,6 +47,9 @@ from .subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
+UNSIGNED = (Ping, Forward, RelayForward)
+"""relay.md "Signatures": these carry an empty signature; a signature is AUTH."""
+
 
 class Dispatcher:
     def __init__(
@@ -87,6 +90,9 @@ class Dispatcher:
         handler = self._handlers.get(type(t.command))
         if handler is None:
             slot.answer(error(ErrorCode.CMD, f"command {t.command.NAME} is not handled here"))
+            return
+        if t.signature and type(t.command) in UNSIGNED:
+            slot.answer(error(ErrorCode.AUTH, f"{t.command.NAME} must be unsigned"))
             return
         try:
             handler(conn, t, slot)
@@ -191,21 +197,31 @@ class Dispatcher:
         self._open_and_apply(conn, t.command.env, slot, RelayForwardResult)
 
     def _open_and_apply(self, conn, envelope: bytes, slot: Slot, wrap) -> None:
-        """relay.md "Forwarding": open the envelope, apply its SEND, answer ``wrap(env=sealed answer)``."""
+        """relay.md "Forwarding": open the envelope, apply its SEND, answer ``wrap(env=sealed answer)``.
+
+        An envelope that cannot be opened is answered with a plain ERR ENVELOPE; once it is open,
+        every answer (refusals of its content, the SEND's result, INTERNAL) is sealed inside.
+        """
         try:
             opened = forward.open_envelope(self.identity.secret, envelope, int(self.clock()))
+        except forward.SealedRefusal as exc:
+            slot.answer(wrap(env=forward.seal_response(exc.response_key, error(exc.code, exc.message), self.rng)))
+            return
         except RemoteProtocolError as exc:
-            code = ErrorCode.ENVELOPE if exc.code.fatal else exc.code
-            slot.answer(error(code, exc.message))
+            slot.answer(error(ErrorCode.ENVELOPE, exc.message))
             return
 
-        def applied(result: Relayed) -> None:
+        def applied(result) -> None:
             attached: list = []
-            if result.stored is not None:
-                self._deliver(conn, result.stored, attached)
-            slot.answer(wrap(env=forward.seal_response(opened.response_key, result.response, self.rng)), attached)
+            if isinstance(result, Error):  # the store failed: INTERNAL, nothing applied
+                response = result
+            else:
+                response = result.response
+                if result.stored is not None:
+                    self._deliver(conn, result.stored, attached)
+            slot.answer(wrap(env=forward.seal_response(opened.response_key, response, self.rng)), attached)
 
-        self._store(slot, partial(self.mailbox.relay_send, opened), applied)
+        self.committer.submit(partial(self.mailbox.relay_send, opened), applied)
 
     def _forward(self, conn, t: Transmission, slot: Slot) -> None:
         try:

@@ -21,8 +21,16 @@ from .tally import Tally
 log = logging.getLogger(__name__)
 
 
-def unreachable() -> Error:
-    return Error(ErrorCode.UNREACHABLE.value, "the destination node cannot be reached")
+UNREACHABLE_DETAILS = {
+    None: "the destination node cannot be reached",
+    ErrorCode.HANDSHAKE: "the destination node's hello is not signed by the key in its address",
+    ErrorCode.VERSION: "the destination node speaks another protocol version",
+}
+
+
+def unreachable(code: ErrorCode | None = None) -> Error:
+    """relay.md "FWD": UNREACHABLE, saying why when the destination answered but its handshake failed."""
+    return Error(ErrorCode.UNREACHABLE.value, UNREACHABLE_DETAILS.get(code, UNREACHABLE_DETAILS[None]))
 
 
 class Forwarder:
@@ -43,7 +51,7 @@ class Forwarder:
         self.request_timeout = request_timeout
         self._links: dict[NodeAddress, RelayLink] = {}
         self._locks: dict[NodeAddress, asyncio.Lock] = {}
-        self._failed_at: dict[NodeAddress, float] = {}
+        self._failed_at: dict[NodeAddress, tuple[float, ErrorCode | None]] = {}
 
     async def forward(self, address: NodeAddress, envelope: bytes) -> Response:
         """Hand ``envelope`` to the node at ``address``.
@@ -60,9 +68,9 @@ class Forwarder:
         try:
             link = await self._link(address)
             [response] = await link.request_many([(RelayForward(env=envelope), None, None)], timeout=self.request_timeout)
-        except (LinkClosed, OSError, asyncio.TimeoutError):
+        except (LinkClosed, OSError, asyncio.TimeoutError) as exc:
             self.tally.count("forwards failed (destination unreachable)")
-            return unreachable()
+            return unreachable(getattr(exc, "code", None))
         if isinstance(response, RelayForwardResult):
             return ForwardResult(env=response.env)
         if isinstance(response, Error):
@@ -79,22 +87,23 @@ class Forwarder:
             link = self._links.get(address)
             if link is not None and link.is_open:
                 return link
-            if self._failed_at.get(address, -1.0) >= arrived:
+            failed = self._failed_at.get(address)
+            if failed is not None and failed[0] >= arrived:
                 # Those who waited on a failed attempt share its failure instead of each retrying in turn.
-                raise LinkClosed("destination unreachable")
+                raise LinkClosed("destination unreachable", failed[1])
             if link is not None:
                 await link.close()
             try:
                 link = await RelayLink.connect(
                     address, connector=self.connector, isolation=str(address), timeout=self.connect_timeout
                 )
-            except LinkClosed:
-                self._failed_at[address] = time.monotonic()
+            except LinkClosed as exc:
+                self._failed_at[address] = (time.monotonic(), exc.code)
                 raise
             except Exception as exc:
                 # A SOCKS refusal (tor: "Host unreachable" for an onion it cannot reach) comes
                 # through as the SOCKS library's own error: the destination is unreachable all the same.
-                self._failed_at[address] = time.monotonic()
+                self._failed_at[address] = (time.monotonic(), None)
                 raise LinkClosed(f"destination unreachable ({type(exc).__name__})") from None
             self._links[address] = link
             return link

@@ -90,6 +90,8 @@ class Mailbox:
 
     def new(self, t: Transmission) -> QueueIds:
         cmd = t.command
+        if not crypto.usable_signing_key(cmd.rkey):
+            raise Refused(ErrorCode.SYNTAX, "rkey is not a usable Ed25519 public key")
         if not crypto.verify(cmd.rkey, crypto.COMMAND_DOMAIN, t.body, t.signature):
             raise Refused(ErrorCode.AUTH, "NEW must be signed with its rkey")
         if self.config.access_keys and not self._access_allowed(cmd.akey):
@@ -112,6 +114,8 @@ class Mailbox:
         return allowed and akey is not None
 
     def secure(self, t: Transmission) -> Ok:
+        if not crypto.usable_signing_key(t.command.skey):
+            raise Refused(ErrorCode.SYNTAX, "skey is not a usable Ed25519 public key")
         queue = self._recipient_queue(t)
         if queue.skey is None:
             self.store.set_sender_key(queue.rid, t.command.skey)
@@ -187,12 +191,11 @@ class Mailbox:
         The envelope key is recorded in the same transaction as the message,
         and also when the SEND inside is refused: the envelope is spent either way.
 
-        Raises:
-            Refused(ENVELOPE): the envelope key was seen before.
+        A replayed envelope (its key was seen before) is answered ERR ENVELOPE, inside the sealed answer.
         """
         expires = self._now() + 2 * forward.MAX_ENVELOPE_AGE
         if not self.store.remember_envelope(opened.ephemeral_key, expires):
-            raise Refused(ErrorCode.ENVELOPE, "replayed")
+            return Relayed(Error(ErrorCode.ENVELOPE.value, "replayed"), None)
         try:
             with self.store.savepoint():
                 stored = self.send(opened.transmission)

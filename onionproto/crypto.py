@@ -39,6 +39,12 @@ def sign(secret_key: bytes, domain: bytes, data: bytes) -> bytes:
     return sodium.crypto_sign(domain + data, secret_key)[:SIGNATURE_SIZE]
 
 
+def usable_signing_key(public_key: bytes) -> bool:
+    """True for an Ed25519 public key someone can sign for: a valid point, not of small order
+    (the all-zero key is of small order). Spec: "NEW", "KEY"."""
+    return len(public_key) == KEY_SIZE and sodium.crypto_core_ed25519_is_valid_point(public_key)
+
+
 def verify(public_key: bytes, domain: bytes, data: bytes, signature: bytes) -> bool:
     if len(public_key) != KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         return False

@@ -32,7 +32,11 @@ PushHandler = Callable[[bytes | None, Response], Awaitable[None] | None]
 
 
 class LinkClosed(ConnectionError):
-    """The connection to the node ended (or never started)."""
+    """The connection to the node ended (or never started); ``code`` is the protocol error that ended it, if one did."""
+
+    def __init__(self, message: str | None = None, code: ErrorCode | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class RelayError(Exception):
@@ -60,6 +64,7 @@ class RelayLink:
         self._reader = asyncio.create_task(self._read_loop())
         self._write_lock = asyncio.Lock()
         self.closed_reason: str | None = None
+        self.closed_code: ErrorCode | None = None
 
     @classmethod
     async def connect(
@@ -86,7 +91,9 @@ class RelayLink:
             await asyncio.wait_for(asyncio.shield(link._connected), timeout)
         except (asyncio.TimeoutError, LinkClosed) as exc:
             await link.close()
-            raise LinkClosed(f"handshake with {address.host}:{address.port} failed: {link.closed_reason or exc}") from None
+            raise LinkClosed(
+                f"handshake with {address.host}:{address.port} failed: {link.closed_reason or exc}", link.closed_code
+            ) from None
         return link
 
     @property
@@ -150,7 +157,7 @@ class RelayLink:
             else:
                 self._fail("node closed the connection")
         except ProtocolError as exc:
-            self._fail(f"protocol error: {exc}")
+            self._fail(f"protocol error: {exc}", exc.code)
         except (ConnectionError, aiohttp.ClientError, LinkClosed) as exc:
             self._fail(f"connection lost: {exc}")
         except asyncio.CancelledError:
@@ -188,10 +195,10 @@ class RelayLink:
             if asyncio.iscoroutine(result):
                 await result
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, code: ErrorCode | None = None) -> None:
         if self.closed_reason is None:
-            self.closed_reason = reason
-        error = LinkClosed(self.closed_reason)
+            self.closed_reason, self.closed_code = reason, code
+        error = LinkClosed(self.closed_reason, self.closed_code)
         if not self._connected.done():
             self._connected.set_exception(error)
             self._connected.exception()  # mark retrieved
