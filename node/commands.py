@@ -185,6 +185,8 @@ class Dispatcher:
         self._store(slot, partial(self.mailbox.send, t), stored)
 
     def _deliver(self, conn, stored: Stored, attached: list) -> None:
+        if stored.message is None:  # a retry recognised by its token: nothing new to deliver
+            return
         target = self.subscriptions.arrived(stored.rid, stored.message)
         self._push(conn, target, stored.rid, stored.message, attached)
 

@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS seen_envelopes (
     epk BLOB PRIMARY KEY,
     expires INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sent_tokens (
+    key BLOB PRIMARY KEY,
+    expires INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 MIGRATE_1_TO_2 = """
@@ -104,6 +108,8 @@ class QueueStore(Protocol):
     def delete_oldest(self, rid: bytes, since: int, mid: bytes) -> bool: ...
     def count_messages(self, rid: bytes, since: int, limit: int) -> int: ...
     def remember_envelope(self, epk: bytes, expires: int) -> bool: ...
+    def remember_token(self, key: bytes, expires: int) -> None: ...
+    def token_seen(self, key: bytes) -> bool: ...
     def expire(self, messages_before: int, now: int) -> int: ...
     def counts(self) -> tuple[int, int]: ...
     def checkpoint(self) -> None: ...
@@ -260,10 +266,18 @@ class SQLiteQueueStore:
         )
         return cursor.rowcount == 1
 
+    def remember_token(self, key: bytes, expires: int) -> None:
+        """Record a stored SEND's token (as ``crypto.token_key``) until ``expires``."""
+        self._db.execute("INSERT OR REPLACE INTO sent_tokens (key, expires) VALUES (?, ?)", (key, expires))
+
+    def token_seen(self, key: bytes) -> bool:
+        return self._db.execute("SELECT 1 FROM sent_tokens WHERE key = ?", (key,)).fetchone() is not None
+
     def expire(self, messages_before: int, now: int) -> int:
-        """Delete messages received before ``messages_before`` and expired envelope keys; return messages deleted."""
+        """Delete messages received before ``messages_before``, and expired envelope keys and tokens; return messages deleted."""
         deleted = self._db.execute("DELETE FROM messages WHERE ts < ?", (messages_before,)).rowcount
         self._db.execute("DELETE FROM seen_envelopes WHERE expires < ?", (now,))
+        self._db.execute("DELETE FROM sent_tokens WHERE expires < ?", (now,))
         return deleted
 
     def counts(self) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from nacl.encoding import RawEncoder
 
 from .block import pad, unpad
 from .errors import ErrorCode, RemoteProtocolError
-from .versions import KEY_SIZE, MAC_SIZE, NONCE_SIZE, SEALED_CONTENT_SIZE, SIGNATURE_SIZE
+from .versions import KEY_SIZE, MAC_SIZE, NONCE_SIZE, SEALED_CONTENT_SIZE, SIGNATURE_SIZE, TOKEN_SIZE
 
 Rng = Callable[[int], bytes]
 
@@ -124,6 +124,20 @@ class BlockCipher:
                 ErrorCode.BLOCK, "block failed authentication (wrong key, replayed or reordered)"
             ) from None
         return unpad(padded, SEALED_CONTENT_SIZE)
+
+
+# --- SEND idempotency tokens (spec: "SEND") ---------------------------------------
+
+
+def send_token(body: bytes, key: bytes) -> bytes:
+    """The reference client's token for a SEND: the same for every retry of ``body``, and useless to
+    anyone without ``key`` (the sender's secret key, or the sender id while the queue is unsecured)."""
+    return kdf(kdf(key[:32], b"onionpost/1 send-token key"), b"onionpost/1 send-token", body)[:TOKEN_SIZE]
+
+
+def token_key(rid: bytes, token: bytes) -> bytes:
+    """What a node stores of a SEND's token: a hash of the queue and the token, which names neither."""
+    return blake2b(b"onionpost/1 sent\x00" + rid + token, digest_size=TOKEN_SIZE, encoder=RawEncoder)
 
 
 # --- Delivery re-encryption (spec: "Delivery") ---------------------------------

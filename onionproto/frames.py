@@ -22,6 +22,7 @@ from .versions import (
     SEALED_CONTENT_SIZE,
     SESSION_ID_SIZE,
     SIGNATURE_SIZE,
+    TOKEN_SIZE,
     UNREAD_CORR,
 )
 
@@ -98,12 +99,17 @@ class Delete(Command):
 
 @dataclass(frozen=True)
 class Send(Command):
-    """Send to a queue by its sender id. Signed with the sender key once secured."""
+    """Send to a queue by its sender id. Signed with the sender key once secured.
+
+    ``tok`` (1.1): an idempotency token, the same in every retry of one message; the node answers a
+    retry of a stored SEND with the original OK and stores nothing (relay.md "SEND").
+    """
 
     NAME = "SEND"
-    FIELDS = {"body": Bin(max_size=MAX_BODY)}
+    FIELDS = {"body": Bin(max_size=MAX_BODY), "tok": Optional(Bin(TOKEN_SIZE))}
     NEEDS_QUEUE = True
     body: bytes
+    tok: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -57,5 +57,8 @@ MAX_BATCH = 32
 ENVELOPE_CONTENT_SIZE = MAX_BODY + 512
 """A forwarding envelope's plaintext is padded to this size (2-byte length first)."""
 
+TOKEN_SIZE = 16
+"""SEND's idempotency token (1.1): the same in every retry of one message."""
+
 MAX_ADDRESS_LENGTH = 200
 MAX_ACCESS_KEY_LENGTH = 128

@@ -264,3 +264,26 @@ async def test_the_node_rewrites_its_database_after_writes(start_node):
         assert isinstance(await client.request(Ping()), Pong)
     finally:
         await client.close()
+
+
+async def test_a_send_token_is_forgotten_after_its_time(start_node, tmp_path):
+    """Item 13: tokens are kept TOKEN_TTL seconds (then swept); a retry after that is a new message."""
+    from onionpost.node.mailbox import TOKEN_TTL
+    from onionpost.proto import crypto
+
+    clock = FakeClock()
+    address, node, _ = await start_node(clock)
+    client = await RawClient.connect(address)
+    try:
+        q = await new_queue(client)
+        send = Send(b"late retry", tok=crypto.send_token(b"late retry", q.ssecret))
+        assert isinstance(await client.request(send, q.snd, q.ssecret), Ok)
+        clock.now += TOKEN_TTL - 61
+        assert isinstance(await client.request(send, q.snd, q.ssecret), Ok)
+        assert read_counts(tmp_path / "node.db") == (1, 1)
+        clock.now += 122
+        await node.sweep()
+        assert isinstance(await client.request(send, q.snd, q.ssecret), Ok)
+        assert read_counts(tmp_path / "node.db") == (1, 2)
+    finally:
+        await client.close()

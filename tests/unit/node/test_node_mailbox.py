@@ -255,7 +255,7 @@ def test_suspend_refuses_sends_but_not_the_recipient(mailbox):
     assert isinstance(r.do(Suspend()), Ok)
     assert isinstance(r.do(Suspend()), Ok)
     refused(ErrorCode.SUSPENDED, r.send, b"refused")
-    refused(ErrorCode.SUSPENDED, r.send, b"refused even unsigned", None)
+    refused(ErrorCode.AUTH, r.send, b"unsigned: the signature is checked first", None)
     got = r.do(Get())
     assert r.body(got) == b"kept"
     assert isinstance(r.do(Subscribe()), Subscribed)
