@@ -28,6 +28,13 @@ UNREACHABLE_DETAILS = {
 }
 
 
+MAX_LINKS = 64
+"""Open links to destinations at most; beyond, the least recently used is closed (each holds a descriptor)."""
+MAX_REMEMBERED = 1024
+FAILURE_MEMORY = 60.0
+"""Seconds a failed attempt is remembered, for the requests that waited on it."""
+
+
 def unreachable(code: ErrorCode | None = None) -> Error:
     """relay.md "FWD": UNREACHABLE, saying why when the destination answered but its handshake failed."""
     return Error(ErrorCode.UNREACHABLE.value, UNREACHABLE_DETAILS.get(code, UNREACHABLE_DETAILS[None]))
@@ -42,10 +49,12 @@ class Forwarder:
         request_timeout: float = 60.0,
         tally: Tally | None = None,
         loopback: bool = True,
+        max_links: int = MAX_LINKS,
     ):
         self.connector = connector or DirectConnector()
         self.tally = tally or Tally()
         self.loopback = loopback
+        self.max_links = max_links
         """False: loopback destinations are refused as unreachable, without any connection (onion nodes)."""
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -80,8 +89,10 @@ class Forwarder:
     async def _link(self, address: NodeAddress) -> RelayLink:
         link = self._links.get(address)
         if link is not None and link.is_open:
+            self._links[address] = self._links.pop(address)  # most recently used last
             return link
         arrived = time.monotonic()
+        self._forget_old(arrived)
         lock = self._locks.setdefault(address, asyncio.Lock())
         async with lock:
             link = self._links.get(address)
@@ -105,8 +116,18 @@ class Forwarder:
                 # through as the SOCKS library's own error: the destination is unreachable all the same.
                 self._failed_at[address] = (time.monotonic(), None)
                 raise LinkClosed(f"destination unreachable ({type(exc).__name__})") from None
+            self._links.pop(address, None)
+            while len(self._links) >= self.max_links:  # each link holds a descriptor: close the least recently used
+                await self._links.pop(next(iter(self._links))).close()
             self._links[address] = link
             return link
+
+    def _forget_old(self, now: float) -> None:
+        """Keep the bookkeeping of destinations bounded, however many a client names."""
+        if len(self._failed_at) > MAX_REMEMBERED:
+            self._failed_at = {a: f for a, f in self._failed_at.items() if now - f[0] < FAILURE_MEMORY}
+        if len(self._locks) > MAX_REMEMBERED:
+            self._locks = {a: lock for a, lock in self._locks.items() if lock.locked() or a in self._links}
 
     @property
     def link_count(self) -> int:

@@ -287,3 +287,30 @@ async def test_a_send_token_is_forgotten_after_its_time(start_node, tmp_path):
         assert read_counts(tmp_path / "node.db") == (1, 2)
     finally:
         await client.close()
+
+
+async def test_forwarding_links_are_bounded(tmp_path):
+    """Each link holds a descriptor: beyond max_links, the least recently used one is closed."""
+    from onionpost.node.forwarder import Forwarder
+    from onionpost.proto import ForwardResult
+
+    runners, addresses = [], []
+    try:
+        for name in ("a", "b", "c"):
+            identity = Identity.from_seed(os.urandom(32))
+            app = make_app(NodeConfig(), identity, SQLiteQueueStore(tmp_path / f"{name}.db"))
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            addresses.append(NodeAddress(identity.public, "127.0.0.1", runner.addresses[0][1]))
+        forwarder = Forwarder(max_links=2)
+        for address in [*addresses, addresses[0]]:
+            envelope, _ = forward.seal_send(address.key, os.urandom(24), Send(body=b"x"), None, int(time.time()))
+            assert isinstance(await forwarder.forward(address, envelope), ForwardResult)  # (NO_QUEUE, sealed inside)
+            assert forwarder.link_count <= 2
+        assert set(forwarder._links) == {addresses[2], addresses[0]}
+        await forwarder.close()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
