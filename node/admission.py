@@ -135,11 +135,13 @@ class Admission:
         try:
             conn.setblocking(False)
             await asyncio.get_running_loop().connect_accepted_socket(lambda: gate, conn)
-        except Exception as exc:  # noqa: BLE001 - the peer left in between, or the loop is closing
+        except BaseException as exc:  # the peer left in between, or the node is stopping (cancelled)
             if gate.transport is None:
                 self._starting -= 1
                 self.pending -= 1
                 conn.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             self.tally.count(f"connections lost while accepted ({type(exc).__name__})")
 
     def _accept_failed(self, exc: OSError) -> None:
