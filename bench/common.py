@@ -175,11 +175,12 @@ class NodeProcess(ChildProcess):
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def start(self, timeout: float = 60.0) -> "NodeProcess":
+    def start(self, timeout: float = 60.0, *, prefix: tuple[str, ...] = (), log_level: str = "WARNING") -> "NodeProcess":
+        """``prefix``: a command to run the node under (e.g. ``prlimit --nofile=1024:1024``)."""
         log = open(self.log_path, "ab")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "onionpost", "node", "run", "--data", str(self.data_dir), "--log-level", "WARNING"],
+            [*prefix, sys.executable, "-m", "onionpost", "node", "run", "--data", str(self.data_dir), "--log-level", log_level],
             stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=python_env(),
         )
         log.close()

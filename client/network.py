@@ -260,12 +260,14 @@ class Network:
             LinkClosed / NoRelayError: no relay could be reached; the message stays pending.
         """
         key = queue.sender_secret if queue.secured else None
+        # Protocol 1.1: the same token in every retry of this body, so a relay that stored it answers OK again.
+        send = Send(body, tok=crypto.send_token(body, key or queue.snd))
         if any(r.address == queue.relay for r in self.trusted):
             link = await self._link(queue.relay, self.tag_of(queue))
-            await link.request(Send(body), queue.snd, key)
+            await link.request(send, queue.snd, key)
             return
         destination = parse_node_address(queue.relay)
-        envelope, response_key = forward.seal_send(destination.key, queue.snd, Send(body), key, int(self._clock()), self._rng)
+        envelope, response_key = forward.seal_send(destination.key, queue.snd, send, key, int(self._clock()), self._rng)
         last_error: Exception | None = None
         for relay in self.trusted:
             try:

@@ -250,7 +250,7 @@ def status(
     data: DataOption,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Print aggregate counts: queues and stored messages (read from the database, running or not); sessions and active subscriptions only while the node runs (it publishes them in status.json every second). An onion node also shows its onion address and, while it runs, its service state (bootstrapping, publishing, published, restarting)."""
+    """Print aggregate counts: queues and stored messages (read from the database, running or not); open connections, established sessions and active subscriptions only while the node runs (it publishes them in status.json every second). An onion node also shows its onion address and, while it runs, its service state (bootstrapping, publishing, published, restarting)."""
     from .datadir import DataDir
     from .status import read_status
 
@@ -269,8 +269,10 @@ def status(
     typer.echo(f"queues: {result['queues']}")
     typer.echo(f"messages: {result['messages']}")
     if result["running"]:
+        typer.echo(f"connections: {result['connections']}")
         typer.echo(f"sessions: {result['sessions']}")
         typer.echo(f"subscriptions: {result['subscriptions']}")
     else:
+        typer.echo("connections: - (node not running)")
         typer.echo("sessions: - (node not running)")
         typer.echo("subscriptions: - (node not running)")

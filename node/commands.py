@@ -47,6 +47,9 @@ from .subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
+UNSIGNED = (Ping, Forward, RelayForward)
+"""relay.md "Signatures": these carry an empty signature; a signature is AUTH."""
+
 
 class Dispatcher:
     def __init__(
@@ -69,6 +72,8 @@ class Dispatcher:
         self.rng = rng
         self.trace = None
         """A ``trace.RelayTrace`` when the node runs with --trace (private test networks only)."""
+        self.on_delete: Callable[[], None] = lambda: None
+        """Called after a commit that deleted data (DEL, a successful ACK): the node purges its WAL soon."""
         self._handlers = {
             New: self._new,
             SecureQueue: self._simple(mailbox.secure),
@@ -89,6 +94,9 @@ class Dispatcher:
         handler = self._handlers.get(type(t.command))
         if handler is None:
             slot.answer(error(ErrorCode.CMD, f"command {t.command.NAME} is not handled here"))
+            return
+        if t.signature and type(t.command) in UNSIGNED:
+            slot.answer(error(ErrorCode.AUTH, f"{t.command.NAME} must be unsigned"))
             return
         try:
             handler(conn, t, slot)
@@ -159,6 +167,8 @@ class Dispatcher:
 
     def _ack(self, conn, t: Transmission, slot: Slot) -> None:
         def acked(result: Acked) -> None:
+            if result.ok:
+                self.on_delete()
             attached: list = []
             target = self.subscriptions.acked(t.queue, t.command.mid, result.ok, result.next)
             self._push(conn, target, t.queue, result.next, attached)
@@ -169,6 +179,7 @@ class Dispatcher:
 
     def _delete(self, conn, t: Transmission, slot: Slot) -> None:
         def deleted(result: Ok) -> None:
+            self.on_delete()
             subscriber = self.subscriptions.unsubscribe(t.queue)
             if subscriber is not None and subscriber is not conn:
                 subscriber.push(t.queue, SubscriptionEnded())
@@ -187,6 +198,8 @@ class Dispatcher:
         self._store(slot, partial(self.mailbox.send, t), stored)
 
     def _deliver(self, conn, stored: Stored, attached: list) -> None:
+        if stored.message is None:  # a retry recognised by its token: nothing new to deliver
+            return
         target = self.subscriptions.arrived(stored.rid, stored.message)
         self._push(conn, target, stored.rid, stored.message, attached)
 
@@ -199,24 +212,34 @@ class Dispatcher:
         self._open_and_apply(conn, t.command.env, slot, RelayForwardResult)
 
     def _open_and_apply(self, conn, envelope: bytes, slot: Slot, wrap) -> None:
-        """relay.md "Forwarding": open the envelope, apply its SEND, answer ``wrap(env=sealed answer)``."""
+        """relay.md "Forwarding": open the envelope, apply its SEND, answer ``wrap(env=sealed answer)``.
+
+        An envelope that cannot be opened is answered with a plain ERR ENVELOPE; once it is open,
+        every answer (refusals of its content, the SEND's result, INTERNAL) is sealed inside.
+        """
         try:
             opened = forward.open_envelope(self.identity.secret, envelope, int(self.clock()))
+        except forward.SealedRefusal as exc:
+            slot.answer(wrap(env=forward.seal_response(exc.response_key, error(exc.code, exc.message), self.rng)))
+            return
         except RemoteProtocolError as exc:
-            code = ErrorCode.ENVELOPE if exc.code.fatal else exc.code
-            slot.answer(error(code, exc.message))
+            slot.answer(error(ErrorCode.ENVELOPE, exc.message))
             return
 
         if self.trace is not None:
             self.trace.command(conn, "SEND", opened.transmission.queue, via="forward")
 
-        def applied(result: Relayed) -> None:
+        def applied(result) -> None:
             attached: list = []
-            if result.stored is not None:
-                self._deliver(conn, result.stored, attached)
-            slot.answer(wrap(env=forward.seal_response(opened.response_key, result.response, self.rng)), attached)
+            if isinstance(result, Error):  # the store failed: INTERNAL, nothing applied
+                response = result
+            else:
+                response = result.response
+                if result.stored is not None:
+                    self._deliver(conn, result.stored, attached)
+            slot.answer(wrap(env=forward.seal_response(opened.response_key, response, self.rng)), attached)
 
-        self._store(slot, partial(self.mailbox.relay_send, opened), applied)
+        self.committer.submit(partial(self.mailbox.relay_send, opened), applied)
 
     def _forward(self, conn, t: Transmission, slot: Slot) -> None:
         try:

@@ -91,6 +91,10 @@ class Committer:
         return self._closing is not None
 
     @property
+    def closing(self) -> bool:
+        return self._closed
+
+    @property
     def full(self) -> bool:
         """True while ``max_waiting`` or more operations wait for the store thread."""
         return len(self._pending) >= self.max_waiting

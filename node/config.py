@@ -34,6 +34,25 @@ class Throttle:
 
 
 @dataclass(frozen=True)
+class Connections:
+    """Admission of new connections (relay.md "Transport": limits).
+
+    ``max``: open connections at once (None: the descriptor limit less a
+    reserve, see ``node.admission``); ``max_pending``: of those, how many may
+    still be before their session (None: a quarter of ``max``);
+    ``handshake_timeout``: seconds for the HTTP upgrade, then again for the
+    client hello; ``rate``/``burst``: new connections per second, all sources
+    together (a token bucket).
+    """
+
+    max: int | None = None
+    max_pending: int | None = None
+    handshake_timeout: float = 20.0
+    rate: float = 200.0
+    burst: int = 400
+
+
+@dataclass(frozen=True)
 class OnionConfig:
     """Onion mode: the node is published as a v3 onion service on ``virtual_port``."""
 
@@ -51,6 +70,12 @@ class NodeConfig:
     throttle: Throttle = field(default_factory=Throttle)
     sweep_interval: float = 60.0
     """Seconds between sweeps of expired messages and seen envelope keys."""
+    connections: Connections = field(default_factory=Connections)
+    rewrite_interval: float = 3600.0
+    """Seconds between two rewrites of the database in key order (after writes only): the file's layout
+    keeps the order in which queues and messages arrived for at most this long (relay.md "Threat model")."""
+    log_interval: float = 60.0
+    """Seconds between two summary lines of routine failures (refused connections, failed sessions)."""
     onion: OnionConfig | None = None
     """None: a loopback node (reached directly). Set: an onion service (see ``OnionConfig``)."""
 
@@ -71,7 +96,10 @@ class NodeConfig:
         """
         if not isinstance(data, dict):
             raise ConfigError("the configuration must be a JSON object")
-        known = {"listen", "access_keys", "quota", "ttl", "unsecured_limit", "throttle", "sweep_interval", "onion"}
+        known = {
+            "listen", "access_keys", "quota", "ttl", "unsecured_limit", "throttle", "sweep_interval", "onion",
+            "connections", "log_interval", "rewrite_interval",
+        }
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
@@ -96,6 +124,9 @@ class NodeConfig:
                 burst=_integer("throttle.burst", throttle.get("burst", Throttle.burst), 1, 10**9),
             ),
             sweep_interval=_number("sweep_interval", data.get("sweep_interval", cls.sweep_interval)),
+            connections=_connections(data.get("connections", {})),
+            log_interval=_number("log_interval", data.get("log_interval", cls.log_interval)),
+            rewrite_interval=_number("rewrite_interval", data.get("rewrite_interval", cls.rewrite_interval)),
             onion=None if data.get("onion") is None else _onion(data["onion"]),
         )
 
@@ -155,6 +186,24 @@ def _onion(value: object) -> OnionConfig:
     if not isinstance(value, dict) or set(value) - {"virtual_port"}:
         raise ConfigError('"onion" must be {"virtual_port": ...}')
     return OnionConfig(virtual_port=_integer("onion.virtual_port", value.get("virtual_port", DEFAULT_VIRTUAL_PORT), 1, 65535))
+
+
+def _connections(value: object) -> Connections:
+    names = {"max", "max_pending", "handshake_timeout", "rate", "burst"}
+    if not isinstance(value, dict) or set(value) - names:
+        raise ConfigError(f'"connections" must be an object with some of: {", ".join(sorted(names))}')
+    default = Connections()
+
+    def optional(name: str) -> int | None:
+        return None if value.get(name) is None else _integer(f"connections.{name}", value[name], 1, 10**6)
+
+    return Connections(
+        max=optional("max"),
+        max_pending=optional("max_pending"),
+        handshake_timeout=_number("connections.handshake_timeout", value.get("handshake_timeout", default.handshake_timeout)),
+        rate=_number("connections.rate", value.get("rate", default.rate)),
+        burst=_integer("connections.burst", value.get("burst", default.burst), 1, 10**6),
+    )
 
 
 def check_access_key(key: object) -> str:

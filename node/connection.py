@@ -12,9 +12,8 @@ block it handled.
 """
 
 import asyncio
-import logging
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +23,7 @@ from onionpost.proto import (
     NEED_DATA,
     CommandReceived,
     CommandRejected,
+    Connected,
     Error,
     ErrorCode,
     NodeSession,
@@ -31,9 +31,8 @@ from onionpost.proto import (
     Response,
 )
 
+from .tally import Tally
 from .throttle import TokenBucket
-
-log = logging.getLogger(__name__)
 
 MAX_DETAIL = 200
 FATAL_FLUSH_TIMEOUT = 10.0
@@ -84,10 +83,21 @@ class _Fatal:
 class Connection:
     __slots__ = (
         "_ws", "session", "_dispatcher", "_throttle", "max_pending", "_out", "_writer", "_room", "_final_sent",
-        "_tasks", "closed",
+        "_tasks", "closed", "established", "_hello_deadline", "_on_established", "_tally",
     )
 
-    def __init__(self, ws: web.WebSocketResponse, session: NodeSession, dispatcher, throttle: TokenBucket, *, max_pending: int = 4096):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        session: NodeSession,
+        dispatcher,
+        throttle: TokenBucket,
+        *,
+        max_pending: int = 4096,
+        tally: Tally | None = None,
+        hello_timeout: float = 20.0,
+        on_established: Callable[[], object] | None = None,
+    ):
         self._ws = ws
         self.session = session
         self._dispatcher = dispatcher
@@ -103,6 +113,11 @@ class Connection:
         """Set once a fatal ERR is queued; done when it was sent (or sending failed)."""
         self._tasks: set[asyncio.Task] | None = None
         self.closed = False
+        self.established = False
+        """True once the client hello was accepted (relay.md "Handshake")."""
+        self._hello_deadline: float | None = asyncio.get_running_loop().time() + hello_timeout
+        self._on_established = on_established
+        self._tally = tally or Tally()
 
     # --- used by the dispatcher -----------------------------------------------------
 
@@ -170,7 +185,14 @@ class Connection:
     async def _read_one(self) -> bool:
         """Read and handle one block; False when the session ends. (A function of its own, so the
         block is not kept alive by a local while the next one is awaited.)"""
-        msg = await self._ws.receive()
+        timeout = None
+        if self._hello_deadline is not None:
+            timeout = max(0.0, self._hello_deadline - asyncio.get_running_loop().time())
+        try:
+            msg = await self._ws.receive(timeout)
+        except asyncio.TimeoutError:
+            self._fatal(ErrorCode.HANDSHAKE, "no client hello in time")
+            return False
         if msg.type in CLOSED_TYPES:
             return False
         if msg.type != aiohttp.WSMsgType.BINARY or len(msg.data) != BLOCK_SIZE:
@@ -192,7 +214,12 @@ class Connection:
             return False
 
     def _handle(self, event) -> None:
-        if isinstance(event, CommandRejected):
+        if isinstance(event, Connected):
+            self.established = True
+            self._hello_deadline = None
+            if self._on_established is not None:
+                self._on_established()
+        elif isinstance(event, CommandRejected):
             self._reserve(event.corr, event.queue).answer(error(event.code, event.detail))
         elif isinstance(event, CommandReceived):
             t = event.transmission
@@ -223,7 +250,7 @@ class Connection:
 
     def _fatal(self, code: ErrorCode, detail: str) -> None:
         """relay.md "Error codes": a fatal ERR is pushed after the answers so far, then the session closes."""
-        log.info("closing a session: %s", code.value)
+        self._tally.count(f"sessions closed ({code.value})")
         self._final_sent = asyncio.get_running_loop().create_future()
         self._append(_Fatal(code, detail))
         self._wake()
@@ -247,7 +274,7 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a dead socket, or an answer that cannot be encoded: end the session
-            log.warning("session output failed: %s", type(exc).__name__)
+            self._tally.count(f"session output failed ({type(exc).__name__})")
         finally:
             self._writer = None
         self._end_output()

@@ -23,6 +23,8 @@ from .store import QueueRecord, QueueStore
 
 MESSAGE_ID_SIZE = 16
 """Message ids are random, so they reveal nothing about other traffic through the node."""
+TOKEN_TTL = 900
+"""Seconds a stored SEND's token is kept: a retry within this time is answered OK and stores nothing."""
 
 
 class Refused(Exception):
@@ -51,10 +53,10 @@ class Acked:
 
 @dataclass(frozen=True)
 class Stored:
-    """SEND accepted: the message, stored in queue ``rid``."""
+    """SEND accepted: the message, stored in queue ``rid``; None for a retry of a stored SEND (nothing stored again)."""
 
     rid: bytes
-    message: Message
+    message: Message | None
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class Mailbox:
 
     def new(self, t: Transmission) -> QueueIds:
         cmd = t.command
+        if not crypto.usable_signing_key(cmd.rkey):
+            raise Refused(ErrorCode.SYNTAX, "rkey is not a usable Ed25519 public key")
         if not crypto.verify(cmd.rkey, crypto.COMMAND_DOMAIN, t.body, t.signature):
             raise Refused(ErrorCode.AUTH, "NEW must be signed with its rkey")
         if self.config.access_keys and not self._access_allowed(cmd.akey):
@@ -112,6 +116,8 @@ class Mailbox:
         return allowed and akey is not None
 
     def secure(self, t: Transmission) -> Ok:
+        if not crypto.usable_signing_key(t.command.skey):
+            raise Refused(ErrorCode.SYNTAX, "skey is not a usable Ed25519 public key")
         queue = self._recipient_queue(t)
         if queue.skey is None:
             self.store.set_sender_key(queue.rid, t.command.skey)
@@ -161,22 +167,26 @@ class Mailbox:
         queue = self.store.queue_by_sender(t.queue)
         if queue is None:
             raise Refused(ErrorCode.NO_QUEUE, "no such queue")
+        unsigned = queue.skey is None
+        if unsigned and t.signature:
+            raise Refused(ErrorCode.AUTH, "SEND to an unsecured queue must be unsigned")
+        if not unsigned and not crypto.verify(queue.skey, crypto.COMMAND_DOMAIN, t.body, t.signature):
+            raise Refused(ErrorCode.AUTH, "not signed with the queue's sender key")
+        token = None if t.command.tok is None else crypto.token_key(queue.rid, t.command.tok)
+        if token is not None and self.store.token_seen(token):
+            return Stored(queue.rid, None)  # a retry: the original answer was OK
         if queue.suspended:
             raise Refused(ErrorCode.SUSPENDED, "the queue is suspended")
-        unsigned = queue.skey is None
-        if unsigned:
-            if t.signature:
-                raise Refused(ErrorCode.AUTH, "SEND to an unsecured queue must be unsigned")
-            if queue.unsigned_sends >= self.config.unsecured_limit:
-                raise Refused(ErrorCode.LIMIT, "no more unsigned sends are accepted on this queue")
-        elif not crypto.verify(queue.skey, crypto.COMMAND_DOMAIN, t.body, t.signature):
-            raise Refused(ErrorCode.AUTH, "not signed with the queue's sender key")
+        if unsigned and queue.unsigned_sends >= self.config.unsecured_limit:
+            raise Refused(ErrorCode.LIMIT, "no more unsigned sends are accepted on this queue")
         now = self._now()
         if self.store.count_messages(queue.rid, now - self.config.ttl, self.config.quota) >= self.config.quota:
             raise Refused(ErrorCode.QUOTA, "the queue is full; retry later")
         mid = self.rng(MESSAGE_ID_SIZE)
         box = delivery.seal_message(queue.queue_key, now, t.command.body, self.rng)
         self.store.add_message(queue.rid, mid, now, box)
+        if token is not None:
+            self.store.remember_token(token, _next_minute(now + TOKEN_TTL))
         if unsigned:
             self.store.count_unsigned_send(queue.rid)
         return Stored(queue.rid, Message(mid=mid, box=box))
@@ -187,12 +197,13 @@ class Mailbox:
         The envelope key is recorded in the same transaction as the message,
         and also when the SEND inside is refused: the envelope is spent either way.
 
-        Raises:
-            Refused(ENVELOPE): the envelope key was seen before.
+        A replayed envelope (its key was seen before) is answered ERR ENVELOPE, inside the sealed answer.
         """
         expires = self._now() + 2 * forward.MAX_ENVELOPE_AGE
         if not self.store.remember_envelope(opened.ephemeral_key, expires):
-            raise Refused(ErrorCode.ENVELOPE, "replayed")
+            if self._stored_before(opened.transmission):
+                return Relayed(Ok(), None)  # the same envelope again, for a SEND stored the first time
+            return Relayed(Error(ErrorCode.ENVELOPE.value, "replayed"), None)
         try:
             with self.store.savepoint():
                 stored = self.send(opened.transmission)
@@ -200,11 +211,22 @@ class Mailbox:
             return Relayed(Error(exc.code.value, exc.detail), None)
         return Relayed(Ok(), stored)
 
+    def _stored_before(self, t: Transmission) -> bool:
+        if t.command.tok is None:
+            return False
+        queue = self.store.queue_by_sender(t.queue)
+        return queue is not None and self.store.token_seen(crypto.token_key(queue.rid, t.command.tok))
+
     # --- maintenance -------------------------------------------------------------------
 
     def sweep(self) -> int:
         """Delete expired messages and envelope keys; return how many messages went."""
         return self.store.expire(self._since(), self._now())
+
+
+def _next_minute(seconds: int) -> int:
+    """Token expiry times are kept to the minute: they say no more than that about when messages came."""
+    return (seconds // 60 + 1) * 60
 
 
 def _message(stored) -> Message | None:

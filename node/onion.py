@@ -221,7 +221,7 @@ class NodeTor:
         port_map = {self.virtual_port: port_target(*self.target)}
         try:
             address = await self._until_stopped(
-                self.control.publish_onion(self.seed, port_map, await_publication=True, timeout=timeout)
+                self.control.publish_onion(self.seed, port_map, await_publication=True, timeout=timeout, pow_defense=True)
             )
         except TorError as exc:
             raise NodeTorError(f"tor did not publish the onion service {self.onion}: {_one_line(exc)}") from None

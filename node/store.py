@@ -2,13 +2,16 @@
 
 What is stored is exactly docs/protocol/relay.md, "Model": per queue the two
 ids, the two auth keys, the queue key, the status and the unsigned-send count;
-per message its id, receive time and sealed box. Tables keyed by random ids
-are WITHOUT ROWID, so not even creation order is kept. Seen forwarding
+per message its id, receive time, sealed box and its number within its queue
+(no counter across queues). Tables keyed by random ids are WITHOUT ROWID, and
+``rewrite`` (run periodically by the node) rebuilds the file in key order, so
+the file's layout does not keep creation or arrival order either. Seen forwarding
 envelope keys are kept until they expire ("Forwarding", step 2).
 
 Queues live on disk: nothing is loaded at startup. The database uses WAL with
 ``synchronous=FULL`` (a committed transaction survives power loss) and
-``secure_delete`` (freed pages are overwritten, so DEL purges).
+``secure_delete`` (freed pages are overwritten); the node truncates the WAL
+soon after every deletion (``checkpoint``), so deleted rows leave the WAL too.
 """
 
 import os
@@ -19,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: messages ordered by one counter across all queues. 2: each queue's messages numbered on their own."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -32,18 +36,37 @@ CREATE TABLE IF NOT EXISTS queues (
     unsigned_sends INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY,
     rid BLOB NOT NULL,
+    n INTEGER NOT NULL,
     mid BLOB NOT NULL,
     ts INTEGER NOT NULL,
-    box BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (rid, seq, ts);
+    box BLOB NOT NULL,
+    PRIMARY KEY (rid, n)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (ts);
 CREATE TABLE IF NOT EXISTS seen_envelopes (
     epk BLOB PRIMARY KEY,
     expires INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sent_tokens (
+    key BLOB PRIMARY KEY,
+    expires INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+MIGRATE_1_TO_2 = """
+CREATE TABLE messages_v2 (
+    rid BLOB NOT NULL,
+    n INTEGER NOT NULL,
+    mid BLOB NOT NULL,
+    ts INTEGER NOT NULL,
+    box BLOB NOT NULL,
+    PRIMARY KEY (rid, n)
+) WITHOUT ROWID;
+INSERT INTO messages_v2 (rid, n, mid, ts, box)
+    SELECT rid, row_number() OVER (PARTITION BY rid ORDER BY seq), mid, ts, box FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v2 RENAME TO messages;
 """
 
 
@@ -60,8 +83,8 @@ class QueueRecord:
 
 @dataclass(frozen=True)
 class StoredMessage:
-    seq: int
-    """Storage order; never leaves the node."""
+    n: int
+    """Order within its queue (from 1 while the queue is not empty); never leaves the node."""
     mid: bytes
     ts: int
     box: bytes
@@ -85,9 +108,12 @@ class QueueStore(Protocol):
     def delete_oldest(self, rid: bytes, since: int, mid: bytes) -> bool: ...
     def count_messages(self, rid: bytes, since: int, limit: int) -> int: ...
     def remember_envelope(self, epk: bytes, expires: int) -> bool: ...
+    def remember_token(self, key: bytes, expires: int) -> None: ...
+    def token_seen(self, key: bytes) -> bool: ...
     def expire(self, messages_before: int, now: int) -> int: ...
     def counts(self) -> tuple[int, int]: ...
     def checkpoint(self) -> None: ...
+    def rewrite(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -110,12 +136,28 @@ class SQLiteQueueStore:
             self._db.execute("PRAGMA temp_store=MEMORY")
             self._db.execute("PRAGMA busy_timeout=5000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise StoreError(f"{self.path} has schema version {version}; this node knows {SCHEMA_VERSION}")
+            if version == 1:
+                self._migrate_from_1()
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from None
+
+    def _migrate_from_1(self) -> None:
+        """Renumber each queue's messages on their own (one transaction), then rewrite the file."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATE_1_TO_2.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        self.rewrite()
 
     # --- transactions ---------------------------------------------------------
 
@@ -184,11 +226,16 @@ class SQLiteQueueStore:
     # --- messages -------------------------------------------------------------------
 
     def add_message(self, rid: bytes, mid: bytes, ts: int, box: bytes) -> None:
-        self._db.execute("INSERT INTO messages (rid, mid, ts, box) VALUES (?, ?, ?, ?)", (rid, mid, ts, box))
+        """Append to the queue: numbered after its last message (1 for an empty queue), so only the queue's own order is kept."""
+        self._db.execute(
+            "INSERT INTO messages (rid, n, mid, ts, box) "
+            "VALUES (?, (SELECT coalesce(max(n), 0) + 1 FROM messages WHERE rid = ?), ?, ?, ?)",
+            (rid, rid, mid, ts, box),
+        )
 
     def oldest_message(self, rid: bytes, since: int) -> StoredMessage | None:
         row = self._db.execute(
-            "SELECT seq, mid, ts, box FROM messages WHERE rid = ? AND ts >= ? ORDER BY seq LIMIT 1", (rid, since)
+            "SELECT n, mid, ts, box FROM messages WHERE rid = ? AND ts >= ? ORDER BY n LIMIT 1", (rid, since)
         ).fetchone()
         return None if row is None else StoredMessage(*row)
 
@@ -198,9 +245,9 @@ class SQLiteQueueStore:
         One statement, and the box (15 KB of overflow pages) is not read.
         """
         cursor = self._db.execute(
-            "DELETE FROM messages WHERE seq = "
-            "(SELECT seq FROM messages WHERE rid = ? AND ts >= ? ORDER BY seq LIMIT 1) AND mid = ?",
-            (rid, since, mid),
+            "DELETE FROM messages WHERE rid = ? AND mid = ? AND n = "
+            "(SELECT n FROM messages WHERE rid = ? AND ts >= ? ORDER BY n LIMIT 1)",
+            (rid, mid, rid, since),
         )
         return cursor.rowcount == 1
 
@@ -219,10 +266,18 @@ class SQLiteQueueStore:
         )
         return cursor.rowcount == 1
 
+    def remember_token(self, key: bytes, expires: int) -> None:
+        """Record a stored SEND's token (as ``crypto.token_key``) until ``expires``."""
+        self._db.execute("INSERT OR REPLACE INTO sent_tokens (key, expires) VALUES (?, ?)", (key, expires))
+
+    def token_seen(self, key: bytes) -> bool:
+        return self._db.execute("SELECT 1 FROM sent_tokens WHERE key = ?", (key,)).fetchone() is not None
+
     def expire(self, messages_before: int, now: int) -> int:
-        """Delete messages received before ``messages_before`` and expired envelope keys; return messages deleted."""
+        """Delete messages received before ``messages_before``, and expired envelope keys and tokens; return messages deleted."""
         deleted = self._db.execute("DELETE FROM messages WHERE ts < ?", (messages_before,)).rowcount
         self._db.execute("DELETE FROM seen_envelopes WHERE expires < ?", (now,))
+        self._db.execute("DELETE FROM sent_tokens WHERE expires < ?", (now,))
         return deleted
 
     def counts(self) -> tuple[int, int]:
@@ -234,6 +289,16 @@ class SQLiteQueueStore:
     def checkpoint(self) -> None:
         """Copy the WAL into the database file and truncate it, so deleted rows leave no copy in the WAL."""
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def rewrite(self) -> None:
+        """Rebuild the file with every table in key order (VACUUM), then empty the WAL.
+
+        Rows are placed in pages, and pages in the file, in the order they were
+        written, which records when each queue and message arrived; after a
+        rewrite the layout follows the keys (random ids), so it records nothing.
+        """
+        self._db.execute("VACUUM")
+        self.checkpoint()
 
     def close(self) -> None:
         self._db.close()

@@ -14,7 +14,7 @@ from nacl.encoding import RawEncoder
 
 from .block import pad, unpad
 from .errors import ErrorCode, RemoteProtocolError
-from .versions import KEY_SIZE, MAC_SIZE, NONCE_SIZE, SEALED_CONTENT_SIZE, SIGNATURE_SIZE
+from .versions import KEY_SIZE, MAC_SIZE, NONCE_SIZE, SEALED_CONTENT_SIZE, SIGNATURE_SIZE, TOKEN_SIZE
 
 Rng = Callable[[int], bytes]
 
@@ -37,6 +37,12 @@ def signing_keypair(rng: Rng = os.urandom) -> tuple[bytes, bytes]:
 
 def sign(secret_key: bytes, domain: bytes, data: bytes) -> bytes:
     return sodium.crypto_sign(domain + data, secret_key)[:SIGNATURE_SIZE]
+
+
+def usable_signing_key(public_key: bytes) -> bool:
+    """True for an Ed25519 public key someone can sign for: a valid point, not of small order
+    (the all-zero key is of small order). Spec: "NEW", "KEY"."""
+    return len(public_key) == KEY_SIZE and sodium.crypto_core_ed25519_is_valid_point(public_key)
 
 
 def verify(public_key: bytes, domain: bytes, data: bytes, signature: bytes) -> bool:
@@ -118,6 +124,20 @@ class BlockCipher:
                 ErrorCode.BLOCK, "block failed authentication (wrong key, replayed or reordered)"
             ) from None
         return unpad(padded, SEALED_CONTENT_SIZE)
+
+
+# --- SEND idempotency tokens (spec: "SEND") ---------------------------------------
+
+
+def send_token(body: bytes, key: bytes) -> bytes:
+    """The reference client's token for a SEND: the same for every retry of ``body``, and useless to
+    anyone without ``key`` (the sender's secret key, or the sender id while the queue is unsecured)."""
+    return kdf(kdf(key[:32], b"onionpost/1 send-token key"), b"onionpost/1 send-token", body)[:TOKEN_SIZE]
+
+
+def token_key(rid: bytes, token: bytes) -> bytes:
+    """What a node stores of a SEND's token: a hash of the queue and the token, which names neither."""
+    return blake2b(b"onionpost/1 sent\x00" + rid + token, digest_size=TOKEN_SIZE, encoder=RawEncoder)
 
 
 # --- Delivery re-encryption (spec: "Delivery") ---------------------------------

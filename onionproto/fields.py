@@ -13,22 +13,26 @@ class FieldError(ValueError):
 
 @dataclass(frozen=True)
 class Bin:
-    """Bytes of exactly ``size`` bytes, or at most ``max_size`` bytes."""
+    """Bytes of exactly ``size`` bytes (or of one of the ``also`` sizes), or at most ``max_size`` bytes."""
 
     size: int | None = None
     max_size: int | None = None
+    also: tuple[int, ...] = ()
 
     def check(self, name: str, value: object) -> bytes:
         if not isinstance(value, bytes):
             raise FieldError(f"field {name!r} must be bin, got {type(value).__name__}")
-        if self.size is not None and len(value) != self.size:
-            raise FieldError(f"field {name!r} must be {self.size} bytes, got {len(value)}")
+        if self.size is not None and len(value) != self.size and len(value) not in self.also:
+            sizes = " or ".join(str(n) for n in (self.size, *self.also))
+            raise FieldError(f"field {name!r} must be {sizes} bytes, got {len(value)}")
         if self.max_size is not None and len(value) > self.max_size:
             raise FieldError(f"field {name!r} must be at most {self.max_size} bytes, got {len(value)}")
         return value
 
     def describe(self) -> str:
-        return f"bin{self.size}" if self.size is not None else f"bin≤{self.max_size}"
+        if self.size is None:
+            return f"bin≤{self.max_size}"
+        return " or ".join(f"bin{n}" for n in (self.size, *self.also))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from .frames import (
     Response,
     Send,
     Transmission,
-    TransmissionError,
     decode_response,
     decode_transmission,
     encode_body,
@@ -67,12 +66,23 @@ def seal_send(
     return envelope, response_key
 
 
+class SealedRefusal(RemoteProtocolError):
+    """The envelope opened, so its answer can be sealed, but it is refused: the destination answers
+    ``ERR code`` inside RRES, sealed with ``response_key`` (relay.md "Forwarding": plain or sealed)."""
+
+    def __init__(self, code: ErrorCode, message: str, response_key: bytes):
+        super().__init__(code, message)
+        self.response_key = response_key
+
+
 def open_envelope(identity_secret: bytes, envelope: bytes, now: int) -> OpenedEnvelope:
     """Destination node: open an envelope and decode the SEND inside.
 
     Raises:
-        RemoteProtocolError(ENVELOPE): undecryptable, malformed or stale envelope.
-        TransmissionError: the inner transmission is malformed or not a SEND.
+        RemoteProtocolError(ENVELOPE): the envelope cannot be opened (malformed, unusable key, its box
+            fails authentication): answered with a plain ERR.
+        SealedRefusal: it opened, but its content is malformed (ENVELOPE), stale (ENVELOPE), or not a
+            SEND for this envelope (SYNTAX, CMD, LARGE, SESSION): answered inside RRES.
     """
     try:
         outer = check_map(unpackb(envelope, ErrorCode.ENVELOPE, "envelope"), ENVELOPE_FIELDS, "envelope")
@@ -88,14 +98,19 @@ def open_envelope(identity_secret: bytes, envelope: bytes, now: int) -> OpenedEn
         content = unpad(padded, ENVELOPE_CONTENT_SIZE)
         inner = check_map(unpackb(content, ErrorCode.ENVELOPE, "envelope content"), ENVELOPE_CONTENT, "envelope content")
     except (FieldError, RemoteProtocolError) as exc:
-        raise RemoteProtocolError(ErrorCode.ENVELOPE, str(exc)) from None
+        raise SealedRefusal(ErrorCode.ENVELOPE, str(exc), response_key) from None
     if abs(now - inner["ts"]) > MAX_ENVELOPE_AGE:
-        raise RemoteProtocolError(ErrorCode.ENVELOPE, "envelope is stale (or the sender's clock is off by more than 15 minutes)")
-    transmission = decode_transmission(unpackb(inner["t"], ErrorCode.SYNTAX, "forwarded transmission"))
+        raise SealedRefusal(
+            ErrorCode.ENVELOPE, "envelope is stale (or the sender's clock is off by more than 15 minutes)", response_key
+        )
+    try:
+        transmission = decode_transmission(unpackb(inner["t"], ErrorCode.SYNTAX, "forwarded transmission"))
+    except RemoteProtocolError as exc:
+        raise SealedRefusal(exc.code, exc.message, response_key) from None
     if transmission.session != outer["epk"]:
-        raise TransmissionError(ErrorCode.SESSION, "forwarded command not signed for this envelope", transmission.corr)
+        raise SealedRefusal(ErrorCode.SESSION, "forwarded command not signed for this envelope", response_key)
     if not isinstance(transmission.command, Send):
-        raise TransmissionError(ErrorCode.CMD, "only SEND can be forwarded", transmission.corr)
+        raise SealedRefusal(ErrorCode.CMD, "only SEND can be forwarded", response_key)
     return OpenedEnvelope(outer["epk"], inner["ts"], transmission, response_key)
 
 

@@ -22,6 +22,8 @@ from .versions import (
     SEALED_CONTENT_SIZE,
     SESSION_ID_SIZE,
     SIGNATURE_SIZE,
+    TOKEN_SIZE,
+    UNREAD_CORR,
 )
 
 KEY = Bin(KEY_SIZE)
@@ -97,12 +99,17 @@ class Delete(Command):
 
 @dataclass(frozen=True)
 class Send(Command):
-    """Send to a queue by its sender id. Signed with the sender key once secured."""
+    """Send to a queue by its sender id. Signed with the sender key once secured.
+
+    ``tok`` (1.1): an idempotency token, the same in every retry of one message; the node answers a
+    retry of a stored SEND with the original OK and stores nothing (relay.md "SEND").
+    """
 
     NAME = "SEND"
-    FIELDS = {"body": Bin(max_size=MAX_BODY)}
+    FIELDS = {"body": Bin(max_size=MAX_BODY), "tok": Optional(Bin(TOKEN_SIZE))}
     NEEDS_QUEUE = True
     body: bytes
+    tok: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -283,41 +290,78 @@ def encode_body(session: bytes, corr: bytes, queue: bytes | None, command: Comma
     return packb(body)
 
 
-def decode_transmission(item: object) -> Transmission:
-    """Decode one ``[signature, body]`` pair from a command block.
+@dataclass(frozen=True)
+class RawTransmission:
+    """A transmission whose ``corr`` could be read, nothing else checked yet (relay.md "Transmissions")."""
+
+    signature: bytes
+    body: bytes
+    fields: dict
+    corr: bytes
+
+
+def read_transmission(item: object) -> RawTransmission:
+    """Read one ``[signature, body]`` pair as far as its ``corr``.
 
     Raises:
-        TransmissionError: with SYNTAX or CMD, and the corr id if it could be read.
+        TransmissionError(SYNTAX), without a corr: the corr cannot be read (not a pair of bins, a body
+            that is not a msgpack map, no ``corr`` or not 24 bytes).
     """
     if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, bytes) for x in item)):
         raise TransmissionError(ErrorCode.SYNTAX, "a transmission must be [signature: bin, body: bin]")
     signature, body = item
-    if len(signature) not in (0, SIGNATURE_SIZE):
-        raise TransmissionError(ErrorCode.SYNTAX, f"signature must be 0 or {SIGNATURE_SIZE} bytes")
-    raw = unpackb(body, ErrorCode.SYNTAX, "transmission body")
+    try:
+        raw = unpackb(body, ErrorCode.SYNTAX, "transmission body")
+    except RemoteProtocolError as exc:
+        raise TransmissionError(ErrorCode.SYNTAX, exc.message) from None
     if not isinstance(raw, dict):
         raise TransmissionError(ErrorCode.SYNTAX, "transmission body must be a map")
-    corr = raw.get("corr") if isinstance(raw.get("corr"), bytes) and len(raw["corr"]) == CORR_ID_SIZE else None
-    queue = raw.get("q") if isinstance(raw.get("q"), bytes) and len(raw["q"]) == QUEUE_ID_SIZE else None
-    name = raw.get("cmd")
+    corr = raw.get("corr")
+    if not (isinstance(corr, bytes) and len(corr) == CORR_ID_SIZE):
+        raise TransmissionError(ErrorCode.SYNTAX, f"'corr' missing, or not bin of {CORR_ID_SIZE} bytes")
+    return RawTransmission(signature, body, raw, corr)
+
+
+def check_transmission(raw: RawTransmission) -> Transmission:
+    """The rest of the checks of a transmission whose corr was read.
+
+    Raises:
+        TransmissionError: SYNTAX, CMD or LARGE, with the corr (and the queue id if it could be read).
+    """
+    corr = raw.corr
+    queue = raw.fields.get("q") if isinstance(raw.fields.get("q"), bytes) and len(raw.fields["q"]) == QUEUE_ID_SIZE else None
+    if len(raw.signature) not in (0, SIGNATURE_SIZE):
+        raise TransmissionError(ErrorCode.SYNTAX, f"signature must be 0 or {SIGNATURE_SIZE} bytes", corr, queue)
+    name = raw.fields.get("cmd")
     command_type = COMMANDS.get(name) if isinstance(name, str) else None
     if command_type is None:
         raise TransmissionError(ErrorCode.CMD, f"unknown command {name!r}", corr, queue)
-    if command_type is Send and isinstance(raw.get("body"), bytes) and len(raw["body"]) > MAX_BODY:
-        raise TransmissionError(ErrorCode.LARGE, f"body of {len(raw['body'])} bytes exceeds {MAX_BODY}", corr, queue)
+    body = raw.fields.get("body")
+    if command_type is Send and isinstance(body, bytes) and len(body) > MAX_BODY:
+        raise TransmissionError(ErrorCode.LARGE, f"body of {len(body)} bytes exceeds {MAX_BODY}", corr, queue)
     spec = dict(BODY_FIELDS, **command_type.FIELDS)
     try:
-        checked = check_map(raw, spec, f"{name} body")
+        checked = check_map(raw.fields, spec, f"{name} body")
     except FieldError as exc:
         raise TransmissionError(ErrorCode.SYNTAX, str(exc), corr, queue) from None
     if command_type.NEEDS_QUEUE != (checked["q"] is not None):
         need = "needs a queue id in 'q'" if command_type.NEEDS_QUEUE else "must have nil 'q'"
         raise TransmissionError(ErrorCode.SYNTAX, f"{name} {need}", corr, queue)
     command = command_type(**{k: checked[k] for k in command_type.FIELDS})
-    return Transmission(signature, body, checked["sess"], checked["corr"], checked["q"], command)
+    return Transmission(raw.signature, raw.body, checked["sess"], corr, checked["q"], command)
 
 
-RESPONSE_HEAD = {"corr": Optional(Bin(CORR_ID_SIZE)), "q": Optional(QUEUE_ID), "r": Str(8)}
+def decode_transmission(item: object) -> Transmission:
+    """Decode one ``[signature, body]`` pair from a command block (``read_transmission``, then ``check_transmission``).
+
+    Raises:
+        TransmissionError: with SYNTAX, CMD or LARGE, and the corr id if it could be read.
+    """
+    return check_transmission(read_transmission(item))
+
+
+RESPONSE_HEAD = {"corr": Optional(Bin(CORR_ID_SIZE, also=(len(UNREAD_CORR),))), "q": Optional(QUEUE_ID), "r": Str(8)}
+"""``corr``: the command's; empty (``UNREAD_CORR``) if it could not be read; nil for a push."""
 
 
 def encode_response(corr: bytes | None, queue: bytes | None, response: Response) -> dict:

@@ -29,14 +29,28 @@ from .frames import (
     Response,
     Transmission,
     TransmissionError,
+    check_transmission,
     decode_response,
-    decode_transmission,
     encode_body,
     encode_response,
     packb,
+    read_transmission,
     unpackb,
 )
-from .versions import BLOCK_SIZE, CORR_ID_SIZE, MAX_BATCH, MAX_VERSION, MIN_VERSION, SEALED_CONTENT_SIZE
+from .versions import (
+    BLOCK_SIZE,
+    CORR_ID_SIZE,
+    MAX_BATCH,
+    MAX_CORR,
+    MAX_VERSION,
+    MIN_VERSION,
+    SEALED_CONTENT_SIZE,
+    UNREAD_CORR,
+    version_name,
+    version_range,
+)
+
+CORRS_USED_UP = "correlation ids used up (the greatest one was used): open a new session"
 
 NEED_DATA = "NEED_DATA"
 """Sentinel returned by ``next_event`` when a whole block has not arrived yet."""
@@ -199,7 +213,8 @@ class NodeSession(_Session):
         if not self._min_version <= hello["v"] <= self._max_version:
             raise RemoteProtocolError(
                 ErrorCode.VERSION,
-                f"version {hello['v']} not supported (node supports {self._min_version}-{self._max_version})",
+                f"protocol {version_name(hello['v'])} not supported: this node speaks "
+                f"{version_range(self._min_version, self._max_version)}",
             )
         shared = crypto.dh(self._dh_secret, hello["ckey"])
         c2s, s2c = crypto.transport_keys(shared, self.session_id)
@@ -210,17 +225,21 @@ class NodeSession(_Session):
         self._events.append(Connected(self.version, self.session_id))
 
     def _check_transmission(self, item: object):
+        """relay.md "Transmissions": read the corr, check and use it up, then check the rest."""
         try:
-            t = decode_transmission(item)
+            raw = read_transmission(item)
         except TransmissionError as exc:
-            return CommandRejected(exc.corr, exc.queue, exc.code, exc.message)
-        except RemoteProtocolError as exc:
-            return CommandRejected(None, None, ErrorCode.SYNTAX, exc.message[:MAX_DETAIL])
+            return CommandRejected(UNREAD_CORR, None, exc.code, exc.message)
+        if raw.corr <= self._last_corr:
+            detail = CORRS_USED_UP if self._last_corr == MAX_CORR else "correlation id not greater than the previous one"
+            return CommandRejected(raw.corr, None, ErrorCode.REPLAY, detail)
+        self._last_corr = raw.corr  # used up, whatever the answer
+        try:
+            t = check_transmission(raw)
+        except TransmissionError as exc:
+            return CommandRejected(raw.corr, exc.queue, exc.code, exc.message)
         if t.session != self.session_id:
             return CommandRejected(t.corr, t.queue, ErrorCode.SESSION, "command was signed for another session")
-        if t.corr <= self._last_corr:
-            return CommandRejected(t.corr, t.queue, ErrorCode.REPLAY, "correlation id not greater than the previous one")
-        self._last_corr = t.corr
         return CommandReceived(t)
 
     def send(self, replies: Sequence[tuple[bytes | None, bytes | None, Response]]) -> bytes:
@@ -290,7 +309,8 @@ class ClientSession(_Session):
         if version < max(self._min_version, hello["vmin"]):
             raise RemoteProtocolError(
                 ErrorCode.VERSION,
-                f"node supports versions {hello['vmin']}-{hello['vmax']}, we support {self._min_version}-{self._max_version}",
+                f"the node speaks protocol {version_range(hello['vmin'], hello['vmax'])}, "
+                f"this client {version_range(self._min_version, self._max_version)}",
             )
         ckey, csecret = crypto.dh_keypair(self._rng)
         c2s, s2c = crypto.transport_keys(crypto.dh(csecret, hello["skey"]), hello["sess"])
@@ -311,12 +331,14 @@ class ClientSession(_Session):
         except FieldError as exc:
             raise RemoteProtocolError(ErrorCode.HANDSHAKE, str(exc)) from None
         if welcome["v"] != self.version:
-            raise RemoteProtocolError(ErrorCode.VERSION, f"node welcomed version {welcome['v']}, we asked for {self.version}")
+            raise RemoteProtocolError(
+                ErrorCode.VERSION, f"node welcomed protocol {version_name(welcome['v'])}, we asked for {version_name(self.version)}"
+            )
         self._state = "CONNECTED"
         self._events.append(Connected(self.version, self.session_id))
 
     def next_corr(self) -> bytes:
-        """A fresh correlation id: 8-byte counter then 16 random bytes, so ids only grow."""
+        """A fresh correlation id: 8-byte counter then 16 random bytes, so ids only grow (2**64 of them)."""
         self._counter += 1
         return self._counter.to_bytes(8, "big") + self._rng(CORR_ID_SIZE - 8)
 

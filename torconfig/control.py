@@ -2,8 +2,10 @@
 
 import asyncio
 import logging
+import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import TypeVar
 import stem
 import stem.connection
 import stem.control
+import stem.response
 from stem.control import EventType, Signal
 
 from onionpost.torconfig import onion_keys
@@ -21,8 +24,13 @@ from onionpost.torconfig.errors import ControlError
 # closed control socket): keep what it says below WARNING out of our logs and test output.
 logging.getLogger("stem").setLevel(logging.WARNING)
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 PUBLISH_TIMEOUT = 90.0
+POW_OPTIONS = "PoWDefensesEnabled=1"
+"""tor's proof-of-work defence for an onion service (tor 0.4.8+ built with it; ``tor --list-modules``
+shows ``pow: yes``); tor's default queue rate (250/s) and burst (2500) apply."""
 _PHASE = re.compile(r'PROGRESS=(\d+) TAG=(\S+) SUMMARY="((?:[^"\\]|\\.)*)"(?:.*WARNING="((?:[^"\\]|\\.)*)")?')
 
 
@@ -114,7 +122,7 @@ class TorControl:
 
     async def publish_onion(self, key: bytes, port_map: Mapping[int, int | str],
                             await_publication: bool = True, *, timeout: float = PUBLISH_TIMEOUT,
-                            detached: bool = False) -> str:
+                            detached: bool = False, pow_defense: bool = False) -> str:
         """Publish an onion service whose address is fixed by ``key``.
 
         Args:
@@ -123,20 +131,58 @@ class TorControl:
             await_publication: wait until a descriptor is uploaded (gotcha 6).
             timeout: seconds to wait for the upload.
             detached: keep the service after this control connection closes.
+            pow_defense: turn on tor's proof-of-work defence for the service
+                (``PoWDefensesEnabled``, tor's default queue rate and burst);
+                a tor built without it publishes the service without it.
 
         Returns:
             The ``<56 chars>.onion`` address.
         """
         address = onion_keys.onion_address_of_key(key)
-        response = await _run(
-            self._controller.create_ephemeral_hidden_service,
-            dict(port_map), key_type="ED25519-V3", key_content=onion_keys.tor_key_blob(key),
-            detached=detached, await_publication=await_publication,
-            timeout=timeout if await_publication else None,
-        )
-        if response.service_id + onion_keys.ONION_SUFFIX != address:
-            raise ControlError(f"tor published {response.service_id}, expected {address}")
+        if pow_defense:
+            try:
+                service_id = await _run(self._add_onion, key, port_map, detached, await_publication, timeout, POW_OPTIONS)
+            except ControlError as exc:
+                if "PoW" not in str(exc):
+                    raise
+                log.warning("tor cannot defend the onion service with proof of work (%s); published without it", exc)
+                service_id = await _run(self._add_onion, key, port_map, detached, await_publication, timeout, "")
+        else:
+            response = await _run(
+                self._controller.create_ephemeral_hidden_service,
+                dict(port_map), key_type="ED25519-V3", key_content=onion_keys.tor_key_blob(key),
+                detached=detached, await_publication=await_publication,
+                timeout=timeout if await_publication else None,
+            )
+            service_id = response.service_id
+        if service_id + onion_keys.ONION_SUFFIX != address:
+            raise ControlError(f"tor published {service_id}, expected {address}")
         return address
+
+    def _add_onion(self, key: bytes, port_map: Mapping[int, int | str], detached: bool,
+                   await_publication: bool, timeout: float, options: str) -> str:
+        """ADD_ONION with ``options`` stem does not know (blocking); return the service id.
+
+        With ``await_publication``, return once an HSDir took the descriptor (HS_DESC UPLOADED);
+        raise if every HSDir it went to refused it, or after ``timeout`` seconds.
+        """
+        events: queue.Queue = queue.Queue()
+        if await_publication:
+            self._controller.add_event_listener(events.put, EventType.HS_DESC)
+        try:
+            request = f"ADD_ONION ED25519-V3:{onion_keys.tor_key_blob(key)}"
+            request += " Flags=Detach" if detached else ""
+            request += f" {options}" if options else ""
+            request += "".join(f" Port={virtual},{target}" for virtual, target in port_map.items())
+            response = self._controller.msg(request)
+            stem.response.convert("ADD_ONION", response)
+            service_id = response.service_id
+            if await_publication:
+                _await_upload(events, service_id, time.monotonic() + timeout)
+            return service_id
+        finally:
+            if await_publication:
+                self._controller.remove_event_listener(events.put)
 
     async def remove_onion(self, address: str) -> None:
         """Stop an onion service published by ``publish_onion``."""
@@ -208,6 +254,30 @@ class TorControl:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
+
+
+def _await_upload(events: queue.Queue, service_id: str, deadline: float) -> None:
+    """Wait for an HS_DESC UPLOADED event of ``service_id``; raise if all its uploads failed or time runs out."""
+    tried: set[str] = set()
+    failed: set[str] = set()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise stem.Timeout(message=f"the descriptor of {service_id}.onion was not uploaded in time")
+        try:
+            event = events.get(timeout=left)
+        except queue.Empty:
+            continue
+        if event.address != service_id:
+            continue
+        if event.action == stem.HSDescAction.UPLOAD:
+            tried.add(event.directory_fingerprint)
+        elif event.action == stem.HSDescAction.UPLOADED:
+            return
+        elif event.action == stem.HSDescAction.FAILED and event.directory_fingerprint in tried:
+            failed.add(event.directory_fingerprint)
+            if failed == tried:
+                raise stem.OperationFailed(message=f"every HSDir refused the descriptor of {service_id}.onion")
 
 
 async def _run(function: Callable[..., T], *args, **kwargs) -> T:

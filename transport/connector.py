@@ -15,6 +15,8 @@ WEBSOCKET_PATH = "/onionpost"
 """HTTP path of the relay WebSocket (docs/protocol/relay.md, "Transport")."""
 
 MAX_MESSAGE = BLOCK_SIZE
+ANONYMOUS = ("User-Agent",)
+"""Headers aiohttp would add that name the software (relay.md "Transport": requests name nothing)."""
 
 
 class Connector(Protocol):
@@ -56,5 +58,7 @@ class DirectConnector:
     async def open(self, address: NodeAddress, isolation: str = ""):
         if address.is_onion:
             raise ConnectionError(f"{address.host} is an onion address: Tor is needed to reach it")
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout))
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout), skip_auto_headers=ANONYMOUS
+        )
         return await open_websocket(session, address.host, address.port)

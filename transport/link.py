@@ -45,7 +45,11 @@ def _reason(exc: BaseException) -> str:
 
 
 class LinkClosed(ConnectionError):
-    """The connection to the node ended (or never started)."""
+    """The connection to the node ended (or never started); ``code`` is the protocol error that ended it, if one did."""
+
+    def __init__(self, message: str | None = None, code: ErrorCode | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class RelayError(Exception):
@@ -74,6 +78,7 @@ class RelayLink:
         self._write_lock = asyncio.Lock()
         self._closed = asyncio.Event()
         self.closed_reason: str | None = None
+        self.closed_code: ErrorCode | None = None
 
     @classmethod
     async def connect(
@@ -100,7 +105,9 @@ class RelayLink:
             await asyncio.wait_for(asyncio.shield(link._connected), timeout)
         except (asyncio.TimeoutError, LinkClosed) as exc:
             await link.close()
-            raise LinkClosed(f"handshake with {address.host}:{address.port} failed: {link.closed_reason or exc}") from None
+            raise LinkClosed(
+                f"handshake with {address.host}:{address.port} failed: {link.closed_reason or exc}", link.closed_code
+            ) from None
         return link
 
     @property
@@ -173,7 +180,7 @@ class RelayLink:
             else:
                 self._fail("node closed the connection")
         except ProtocolError as exc:
-            self._fail(f"protocol error: {exc}")
+            self._fail(f"protocol error: {exc}", exc.code)
         except (ConnectionError, aiohttp.ClientError, LinkClosed) as exc:
             self._fail(f"connection lost: {exc}")
         except asyncio.CancelledError:
@@ -195,7 +202,10 @@ class RelayLink:
 
     async def _dispatch(self, reply: Reply) -> None:
         if reply.corr is not None:
-            future = self._pending.get(reply.corr)
+            # An empty corr answers a command whose corr the node could not read: answers come in
+            # command order, so it is the oldest one still unanswered (relay.md "Responses").
+            corr = reply.corr or next((c for c, f in self._pending.items() if not f.done()), None)
+            future = self._pending.get(corr)
             if future is not None and not future.done():
                 future.set_result(reply.response)
             return
@@ -208,11 +218,11 @@ class RelayLink:
             if asyncio.iscoroutine(result):
                 await result
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, code: ErrorCode | None = None) -> None:
         if self.closed_reason is None:
-            self.closed_reason = reason
+            self.closed_reason, self.closed_code = reason, code
         self._closed.set()
-        error = LinkClosed(self.closed_reason)
+        error = LinkClosed(self.closed_reason, self.closed_code)
         if not self._connected.done():
             self._connected.set_exception(error)
             self._connected.exception()  # mark retrieved

@@ -23,7 +23,7 @@ from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, Prox
 from onionpost.proto import NodeAddress
 from onionpost.torconfig.socks import isolation_credentials
 
-from .connector import DirectConnector, open_websocket
+from .connector import ANONYMOUS, DirectConnector, open_websocket
 
 
 REFRESH_INTERVAL = 20.0
@@ -62,7 +62,9 @@ class TorConnector:
             password=password,
             rdns=True,  # the onion name goes to Tor; nothing is resolved locally
         )
-        session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout))
+        session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout), skip_auto_headers=ANONYMOUS
+        )
         try:
             return await open_websocket(session, address.host, address.port)
         except (ProxyError, ProxyConnectionError, ProxyTimeoutError, asyncio.TimeoutError) as exc:

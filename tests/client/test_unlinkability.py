@@ -20,7 +20,7 @@ def recorder(log: list):
         dispatch = node.dispatcher.dispatch
 
         def recording(conn, t, slot):
-            log.append((id(conn), t.command.NAME, t.queue))
+            log.append((conn, t.command.NAME, t.queue))  # the object, not id(): a freed session's id is reused
             return dispatch(conn, t, slot)
 
         node.dispatcher.dispatch = recording
@@ -28,7 +28,7 @@ def recorder(log: list):
     return patch
 
 
-def queues_by_session(log) -> dict[int, set[bytes]]:
+def queues_by_session(log) -> dict[object, set[bytes]]:
     sessions = defaultdict(set)
     for session, _, queue in log:
         if queue is not None:

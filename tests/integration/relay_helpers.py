@@ -61,13 +61,15 @@ class NodeProcess:
         node.address = parse_node_address(result.stdout.strip())
         return node
 
-    def start(self, timeout: float = 30.0) -> "NodeProcess":
+    def start(self, timeout: float = 30.0, *, preexec_fn=None) -> "NodeProcess":
+        """``preexec_fn`` runs in the child before the node starts (e.g. to lower its RLIMIT_NOFILE)."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "onionpost", "node", "run", "--data", str(self.data_dir)],
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=REPO,
+            preexec_fn=preexec_fn,
         )
         log.close()
         deadline = time.monotonic() + timeout

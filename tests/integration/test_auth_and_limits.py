@@ -31,7 +31,7 @@ async def test_wrong_keys_are_auth(shared_node):
     try:
         q = await new_queue(client, node=shared_node)
         _, stranger = crypto.signing_keypair()
-        for command in [SecureQueue(skey=bytes(32)), Subscribe(), Get(), Ack(mid=b"m"), Suspend(), Delete()]:
+        for command in [SecureQueue(skey=crypto.signing_keypair()[0]), Subscribe(), Get(), Ack(mid=b"m"), Suspend(), Delete()]:
             assert code_of(await client.request(command, q.rid, stranger)) == ErrorCode.AUTH, command
             assert code_of(await client.request(command, q.rid, None)) == ErrorCode.AUTH, command
         # The sender key is not the recipient key, and vice versa.

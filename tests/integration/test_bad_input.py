@@ -101,13 +101,14 @@ async def test_block_content_not_msgpack(shared_node):
 async def test_malformed_transmissions_are_answered_not_fatal(shared_node):
     client = await RawClient.connect(shared_node.address)
     try:
-        # Body that is not msgpack: SYNTAX, with no corr to echo.
+        # Body that is not msgpack: SYNTAX, with an empty corr (no corr to echo; nil would mean a push).
         await client.send_packed(packb([b"", b"\xc1\xc1"]))
         reply = await client.reply()
-        assert reply.corr is None and reply.response.code == ErrorCode.SYNTAX
+        assert reply.corr == b"" and reply.response.code == ErrorCode.SYNTAX
         # Not a [signature, body] pair.
         await client.send_packed(packb({"not": "a transmission"}))
-        assert (await client.reply()).response.code == ErrorCode.SYNTAX
+        reply = await client.reply()
+        assert reply.corr == b"" and reply.response.code == ErrorCode.SYNTAX
         # A field of the wrong type: SYNTAX with the corr.
         corr = client.session.next_corr()
         body = packb({"sess": client.session.session_id, "corr": corr, "q": None, "cmd": "NEW", "rkey": "text", "dhkey": b"x"})
@@ -201,6 +202,65 @@ async def test_envelope_with_low_order_key_is_envelope_error(shared_node):
             assert isinstance(answer, Error) and answer.code == ErrorCode.ENVELOPE
             answer = await client.request(RelayForward(env=envelope))
             assert isinstance(answer, Error) and answer.code == ErrorCode.ENVELOPE
+        assert isinstance(await client.request(Ping()), Pong)
+    finally:
+        await client.close()
+
+
+async def test_a_link_matches_the_answer_to_an_unreadable_corr_by_order(shared_node, monkeypatch):
+    """Item 1: RelayLink does not hang on a command whose corr the node could not read."""
+    from onionpost.proto import session as session_module
+    from onionpost.transport import RelayLink
+
+    link = await RelayLink.connect(shared_node.address)
+    try:
+        encode = session_module.encode_body
+        calls = []
+
+        def first_with_a_short_corr(sess, corr, queue, command):
+            calls.append(corr)
+            return encode(sess, corr[:23] if len(calls) == 1 else corr, queue, command)
+
+        monkeypatch.setattr(session_module, "encode_body", first_with_a_short_corr)
+        first, second = await link.request_many([(Ping(), None, None), (Ping(), None, None)], timeout=10)
+        assert isinstance(first, Error) and first.code == ErrorCode.SYNTAX and isinstance(second, Pong)
+    finally:
+        await link.close()
+
+
+async def test_the_spec_s_former_open_cases_get_their_exact_errors(shared_node):
+    """Item 11: signed unsigned commands, a PING with a body, wrong-length signatures, all-zero keys."""
+    from onionpost.proto import New, crypto
+
+    client = await RawClient.connect(shared_node.address)
+    try:
+        _, secret = crypto.signing_keypair()
+        signed_ping = await client.request(Ping(), None, secret)
+        assert signed_ping.code == ErrorCode.AUTH and signed_ping.detail == "PING must be unsigned"
+        envelope = packb({"epk": os.urandom(32), "box": b""})
+        assert (await client.request(Forward(node=str(shared_node.address), env=envelope), None, secret)).code == ErrorCode.AUTH
+        assert (await client.request(RelayForward(env=envelope), None, secret)).code == ErrorCode.AUTH
+
+        def raw(signature: bytes, **fields) -> tuple[bytes, bytes]:
+            corr = client.session.next_corr()
+            body = packb({"sess": client.session.session_id, "corr": corr, "q": None, "cmd": "PING", **fields})
+            return corr, packb([signature, body])
+
+        for signature, fields, detail in (
+            (b"", {"body": b"x"}, "unknown field"),
+            (b"s" * 63, {}, "signature must be 0 or 64 bytes"),
+            (b"s" * 65, {}, "signature must be 0 or 64 bytes"),
+        ):
+            corr, packed = raw(signature, **fields)
+            await client.send_packed(packed)
+            answer = await client.answer(corr)
+            assert answer.code == ErrorCode.SYNTAX and detail in answer.detail, answer
+
+        dh_public = crypto.dh_keypair()[0]
+        zero = await client.request(New(rkey=bytes(32), dhkey=dh_public), None, None)
+        assert zero.code == ErrorCode.SYNTAX and "rkey" in zero.detail
+        rkey, rsecret = crypto.signing_keypair()
+        assert (await client.request(New(rkey=rkey, dhkey=bytes(32)), None, rsecret)).code == ErrorCode.SYNTAX
         assert isinstance(await client.request(Ping()), Pong)
     finally:
         await client.close()

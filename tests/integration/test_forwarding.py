@@ -1,12 +1,13 @@
 """FWD between two real node processes: a client of node A sends to a queue on node B."""
 
 import asyncio
+import os
 import time
 
 import pytest
 
 from onionpost.node.datadir import free_port
-from onionpost.proto import Ack, Error, ErrorCode, Forward, ForwardResult, Get, Message, NodeAddress, NoMessage, Ok, Send, Subscribe
+from onionpost.proto import Ack, Error, ErrorCode, Forward, ForwardResult, Get, Message, NodeAddress, NoMessage, Ok, Ping, Send, Subscribe
 from onionpost.proto import delivery, forward
 from onionpost.proto.frames import packb, unpackb
 from tests.integration.relay_helpers import RawClient, new_queue
@@ -40,8 +41,8 @@ async def test_forward_to_another_node(two_nodes):
         assert delivery.open_message(q.queue_key, push.response.box)[1] == body
         assert body not in push.response.box
 
-        # The same envelope again: replayed.
-        replay = await sender.request(Forward(node=str(b.address), env=envelope))
+        # The same envelope again: replayed, answered inside the sealed answer (the envelope opened).
+        replay = forward.open_response(response_key, (await sender.request(Forward(node=str(b.address), env=envelope))).env)
         assert isinstance(replay, Error) and replay.code == ErrorCode.ENVELOPE and "replay" in replay.detail
 
         # A tampered envelope: ENVELOPE.
@@ -58,10 +59,11 @@ async def test_forward_to_another_node(two_nodes):
         answer = await sender.request(Forward(node=str(b.address), env=envelope))
         assert isinstance(answer, Error) and answer.code == ErrorCode.ENVELOPE
 
-        # A stale envelope (sender clock 20 minutes behind): ENVELOPE.
-        envelope, _ = seal(b, q, b"stale", now=time.time() - 1200)
+        # A stale envelope (sender clock 20 minutes behind): ENVELOPE, sealed (it opened).
+        envelope, stale_key = seal(b, q, b"stale", now=time.time() - 1200)
         answer = await sender.request(Forward(node=str(b.address), env=envelope))
-        assert isinstance(answer, Error) and answer.code == ErrorCode.ENVELOPE
+        inner = forward.open_response(stale_key, answer.env)
+        assert isinstance(inner, Error) and inner.code == ErrorCode.ENVELOPE and "stale" in inner.detail
 
         # The inner SEND's own errors come back sealed.
         envelope, response_key = seal(b, q, b"unsigned", signed=False)
@@ -142,5 +144,102 @@ async def test_forward_bad_or_unreachable_destination(node_factory):
         nobody = NodeAddress(b"\x01" * 32, "127.0.0.1", free_port("127.0.0.1"))
         answer = await client.request(Forward(node=str(nobody), env=b"x"), timeout=40)
         assert isinstance(answer, Error) and answer.code == ErrorCode.UNREACHABLE
+    finally:
+        await client.close()
+
+
+async def test_rfwd_from_a_client_session_is_no_more_than_a_direct_send(node_factory):
+    """Item 5: relay.md allows RFWD from any session; its inner SEND gets exactly the checks of a direct SEND."""
+    from onionpost.proto import RelayForward, RelayForwardResult
+
+    b = node_factory("b")
+    client = await RawClient.connect(b.address)
+    try:
+        q = await new_queue(client, node=b)
+        envelope, first_key = seal(b, q, b"by RFWD")
+        answer = await client.request(RelayForward(env=envelope))
+        assert isinstance(answer, RelayForwardResult) and isinstance(forward.open_response(first_key, answer.env), Ok)
+        got = await client.request(Get(), q.rid, q.rsecret)
+        assert delivery.open_message(q.queue_key, got.box)[1] == b"by RFWD"
+        unsigned, key = seal(b, q, b"no signature", signed=False)  # a secured queue: AUTH, as for a direct SEND
+        refused = forward.open_response(key, (await client.request(RelayForward(env=unsigned))).env)
+        direct = await client.request(Send(body=b"no signature"), q.snd, None)
+        assert isinstance(refused, Error) and refused.code == direct.code == ErrorCode.AUTH
+        replay = forward.open_response(first_key, (await client.request(RelayForward(env=envelope))).env)
+        assert isinstance(replay, Error) and replay.code == ErrorCode.ENVELOPE
+    finally:
+        await client.close()
+
+
+async def test_what_comes_back_plain_and_what_sealed(two_nodes):
+    """Item 11: before the envelope opens, a plain ERR; once it opens, everything is sealed inside FRES."""
+    from onionpost.proto import crypto
+    from onionpost.proto.frames import encode_body
+    from onionpost.proto.block import pad
+    from onionpost.proto.versions import ENVELOPE_CONTENT_SIZE
+
+    a, b = two_nodes
+    sender = await RawClient.connect(a.address)
+    recipient = await RawClient.connect(b.address)
+    try:
+        q = await new_queue(recipient, node=b)
+
+        def sealed_with(content):
+            """An envelope for B whose content is ``content(epk)`` (to build malformed insides)."""
+            epk, esk = crypto.dh_keypair()
+            request_key, response_key = crypto.envelope_keys(crypto.dh(esk, crypto.identity_dh_public(b.address.key)), epk)
+            box = crypto.secretbox_seal(request_key, pad(content(epk), ENVELOPE_CONTENT_SIZE))
+            return packb({"epk": epk, "box": box}), response_key
+
+        def inner(session_of, command, queue):
+            return lambda epk: packb({"ts": int(time.time()), "t": packb([b"", encode_body(session_of(epk), os.urandom(24), queue, command)])})
+
+        async def forwarded(envelope):
+            return await sender.request(Forward(node=str(b.address), env=envelope))
+
+        # Opened, content not msgpack: sealed ENVELOPE.
+        envelope, key = sealed_with(lambda epk: b"\xc1")
+        assert forward.open_response(key, (await forwarded(envelope)).env).code == ErrorCode.ENVELOPE
+        # Opened, the inner transmission is a PING: sealed CMD; signed for another envelope: sealed SESSION.
+        envelope, key = sealed_with(inner(lambda epk: epk, Ping(), None))
+        assert forward.open_response(key, (await forwarded(envelope)).env).code == ErrorCode.CMD
+        envelope, key = sealed_with(inner(lambda epk: os.urandom(32), Send(body=b"x"), q.snd))
+        assert forward.open_response(key, (await forwarded(envelope)).env).code == ErrorCode.SESSION
+        # Not openable at all: plain ENVELOPE, relayed by A as it came.
+        answer = await forwarded(packb({"epk": crypto.dh_keypair()[0], "box": os.urandom(100)}))
+        assert isinstance(answer, Error) and answer.code == ErrorCode.ENVELOPE
+    finally:
+        await sender.close()
+        await recipient.close()
+
+
+async def test_forwarding_to_a_node_whose_hello_key_is_not_the_addresss(two_nodes):
+    """Item 11: UNREACHABLE, saying the destination's hello is not signed by the key in its address."""
+    from onionpost.proto import crypto
+
+    a, b = two_nodes
+    sender = await RawClient.connect(a.address)
+    try:
+        impostor = NodeAddress(crypto.signing_keypair()[0], b.address.host, b.address.port)
+        envelope, _ = forward.seal_send(impostor.key, os.urandom(24), Send(body=b"x"), None, int(time.time()))
+        answer = await sender.request(Forward(node=str(impostor), env=envelope))
+        assert isinstance(answer, Error) and answer.code == ErrorCode.UNREACHABLE
+        assert answer.detail == "the destination node's hello is not signed by the key in its address"
+    finally:
+        await sender.close()
+
+
+async def test_fwd_to_the_nodes_own_key_is_applied_locally_whatever_the_host(two_nodes):
+    """Item 11: the node holds that key, so it opens the envelope itself, as the destination would."""
+    a, _ = two_nodes
+    client = await RawClient.connect(a.address)
+    try:
+        q = await new_queue(client, node=a)
+        elsewhere = NodeAddress(a.address.key, "127.0.0.1", 1)  # nothing listens on port 1
+        envelope, key = seal(a, q, b"to myself")
+        answer = await client.request(Forward(node=str(elsewhere), env=envelope))
+        assert isinstance(answer, ForwardResult) and isinstance(forward.open_response(key, answer.env), Ok)
+        got = await client.request(Get(), q.rid, q.rsecret)
+        assert delivery.open_message(q.queue_key, got.box)[1] == b"to myself"
     finally:
         await client.close()

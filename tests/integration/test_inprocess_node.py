@@ -11,7 +11,7 @@ from aiohttp import web
 
 from onionpost.node.config import NodeConfig
 from onionpost.node.datadir import Identity
-from onionpost.node.server import CHECKPOINT_EVERY, NODE_KEY, make_app
+from onionpost.node.server import NODE_KEY, make_app
 from onionpost.node.store import SQLiteQueueStore, read_counts
 from onionpost.proto import (
     BLOCK_SIZE, Ack, Delete, Error, ErrorCode, Forward, Get, Message, NodeAddress, NoMessage, Ok, Ping, Pong, Send, Subscribe,
@@ -176,7 +176,7 @@ async def test_forwarding_shares_one_link_per_destination(tmp_path):
             await runner.cleanup()
 
 
-async def test_deleted_queue_leaves_no_bytes_after_the_periodic_checkpoint(start_node, tmp_path):
+async def test_deleted_queue_leaves_no_bytes_after_the_purge(start_node, tmp_path):
     address, node, _ = await start_node(FakeClock())
     client = await RawClient.connect(address)
     try:
@@ -187,8 +187,7 @@ async def test_deleted_queue_leaves_no_bytes_after_the_periodic_checkpoint(start
         assert isinstance(await client.request(Delete(), q.rid, q.rsecret), Ok)
     finally:
         await client.close()
-    for _ in range(CHECKPOINT_EVERY):
-        await node.sweep()
+    await node.purge()
     assert (tmp_path / "node.db-wal").stat().st_size == 0
     data = (tmp_path / "node.db").read_bytes()
     for secret in (q.rid, q.snd, q.queue_key, q.rkey, q.skey, got.box[24:]):
@@ -215,3 +214,103 @@ async def test_idle_sessions_keep_no_blocks(start_node):
         tracemalloc.stop()
         for client in clients:
             await client.close()
+
+
+async def test_an_onion_node_refuses_loopback_destinations_like_any_unreachable_node(tmp_path, shared_node):
+    """Item 4: FWD to a loopback port (open: a node; or closed) from an onion node opens no connection
+    and answers exactly what an unreachable destination gets, so it cannot probe the host's services."""
+    from onionpost.node.config import OnionConfig
+    from onionpost.node.datadir import free_port
+
+    connector = CountingConnector()
+    identity = Identity.from_seed(os.urandom(32))
+    app = make_app(NodeConfig(onion=OnionConfig()), identity, SQLiteQueueStore(tmp_path / "onion.db"), connector=connector)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        client = await RawClient.connect(NodeAddress(identity.public, "127.0.0.1", runner.addresses[0][1]))
+        try:
+            answers, seconds = [], []
+            for port in (shared_node.address.port, free_port("127.0.0.1"), 22):
+                destination = NodeAddress(shared_node.address.key, "127.0.0.1", port)
+                envelope, _ = forward.seal_send(destination.key, os.urandom(24), Send(body=b"probe"), None, int(time.time()))
+                started = time.perf_counter()
+                answers.append(await client.request(Forward(node=str(destination), env=envelope)))
+                seconds.append(time.perf_counter() - started)
+            unreachable = Error(ErrorCode.UNREACHABLE.value, "the destination node cannot be reached")
+            assert answers == [unreachable] * 3
+            assert connector.opened == 0  # nothing was tried, so the answer cannot depend on the port
+            print("FWD to loopback from an onion node, open / closed / ssh port:", ", ".join(f"{s * 1000:.1f} ms" for s in seconds))
+        finally:
+            await client.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_node_rewrites_its_database_after_writes(start_node):
+    """Item 8: every rewrite_interval, if anything was written, the file is rebuilt in key order."""
+    address, node, _ = await start_node(FakeClock(), rewrite_interval=0.2)
+    client = await RawClient.connect(address)
+    try:
+        await new_queue(client)
+        deadline = time.monotonic() + 10
+        while node.tally["database rewrites"] < 1:
+            assert time.monotonic() < deadline, "no rewrite"
+            await asyncio.sleep(0.05)
+        rewrites = node.tally["database rewrites"]
+        await asyncio.sleep(0.6)  # nothing written since: no more rewrites
+        assert node.tally["database rewrites"] == rewrites
+        assert isinstance(await client.request(Ping()), Pong)
+    finally:
+        await client.close()
+
+
+async def test_a_send_token_is_forgotten_after_its_time(start_node, tmp_path):
+    """Item 13: tokens are kept TOKEN_TTL seconds (then swept); a retry after that is a new message."""
+    from onionpost.node.mailbox import TOKEN_TTL
+    from onionpost.proto import crypto
+
+    clock = FakeClock()
+    address, node, _ = await start_node(clock)
+    client = await RawClient.connect(address)
+    try:
+        q = await new_queue(client)
+        send = Send(b"late retry", tok=crypto.send_token(b"late retry", q.ssecret))
+        assert isinstance(await client.request(send, q.snd, q.ssecret), Ok)
+        clock.now += TOKEN_TTL - 61
+        assert isinstance(await client.request(send, q.snd, q.ssecret), Ok)
+        assert read_counts(tmp_path / "node.db") == (1, 1)
+        clock.now += 122
+        await node.sweep()
+        assert isinstance(await client.request(send, q.snd, q.ssecret), Ok)
+        assert read_counts(tmp_path / "node.db") == (1, 2)
+    finally:
+        await client.close()
+
+
+async def test_forwarding_links_are_bounded(tmp_path):
+    """Each link holds a descriptor: beyond max_links, the least recently used one is closed."""
+    from onionpost.node.forwarder import Forwarder
+    from onionpost.proto import ForwardResult
+
+    runners, addresses = [], []
+    try:
+        for name in ("a", "b", "c"):
+            identity = Identity.from_seed(os.urandom(32))
+            app = make_app(NodeConfig(), identity, SQLiteQueueStore(tmp_path / f"{name}.db"))
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            addresses.append(NodeAddress(identity.public, "127.0.0.1", runner.addresses[0][1]))
+        forwarder = Forwarder(max_links=2)
+        for address in [*addresses, addresses[0]]:
+            envelope, _ = forward.seal_send(address.key, os.urandom(24), Send(body=b"x"), None, int(time.time()))
+            assert isinstance(await forwarder.forward(address, envelope), ForwardResult)  # (NO_QUEUE, sealed inside)
+            assert forwarder.link_count <= 2
+        assert set(forwarder._links) == {addresses[2], addresses[0]}
+        await forwarder.close()
+    finally:
+        for runner in runners:
+            await runner.cleanup()

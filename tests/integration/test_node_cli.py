@@ -102,7 +102,9 @@ async def test_run_status_and_clean_stop(tmp_path, stop_signal):
 
             await wait_for(lambda: status()["subscriptions"] == 1, timeout=15, interval=0.3)
             live = status()
-            assert live == {"running": True, "queues": 1, "messages": 0, "subscriptions": 1, "sessions": 1}
+            assert live == {
+                "running": True, "queues": 1, "messages": 0, "connections": 1, "sessions": 1, "subscriptions": 1,
+            }
             text = run_cli("status", "--data", str(node.data_dir))
             assert "queues: 1" in text.stdout and "subscriptions: 1" in text.stdout
         finally:
@@ -110,7 +112,9 @@ async def test_run_status_and_clean_stop(tmp_path, stop_signal):
         os.kill(node.proc.pid, stop_signal)
         assert await asyncio.to_thread(node.proc.wait, 20) == 0
         stopped = json.loads(run_cli("status", "--data", str(node.data_dir), "--json").stdout)
-        assert stopped == {"running": False, "queues": 1, "messages": 0, "subscriptions": None, "sessions": None}
+        assert stopped == {
+            "running": False, "queues": 1, "messages": 0, "connections": None, "sessions": None, "subscriptions": None,
+        }
         node.check_log()
     finally:
         node.kill()

@@ -65,3 +65,22 @@ async def _findable_within(control, address, *, seconds):
         if answer is True or time.monotonic() > deadline:
             return answer
         await asyncio.sleep(2)
+
+
+@pytest.mark.timeout(180)
+async def test_proof_of_work_defence_is_in_the_descriptor(client_tor, client_control, host_control, web_port):
+    """Issue 12, item 6: nodes publish with tor's PoW defence; clients see its parameters and still connect."""
+    from stem.descriptor.hidden_service import HiddenServiceDescriptorV3
+
+    seed = os.urandom(32)
+    address = await host_control.publish_onion(seed, {80: web_port}, pow_defense=True)
+    try:
+        async with socks_session(client_tor, isolation_credentials("pow")) as session:
+            assert await fetch(session, f"http://{address}/pow") == "hello pow"
+        raw = await asyncio.to_thread(
+            client_control._controller.get_info, f"hs/client/desc/id/{onion_keys.service_id(address)}"
+        )
+        inner = HiddenServiceDescriptorV3.from_str(raw).decrypt(address)
+        assert "pow-params v1" in str(inner)
+    finally:
+        await host_control.remove_onion(address)

@@ -28,7 +28,7 @@ class FakeControl:
     async def remove_onion(self, address):
         self.calls.append("remove")
 
-    async def publish_onion(self, key, port_map, await_publication=True, *, timeout=0):
+    async def publish_onion(self, key, port_map, await_publication=True, *, timeout=0, **options):
         self.calls.append("publish")
         return onion_address_of_key(key)
 

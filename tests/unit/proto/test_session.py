@@ -24,6 +24,7 @@ from onionpost.proto import (
     crypto,
 )
 from onionpost.proto.frames import Message, QueueIds, SubscriptionEnded
+from onionpost.proto.versions import PROTOCOL_V1, PROTOCOL_V1_1
 from onionpost.proto.testing import DeterministicRng
 
 from .conftest import Pair, drain
@@ -33,8 +34,8 @@ from .conftest import Pair, drain
 def test_handshake_in_any_chunking(chunk):
     pair = Pair(chunk=chunk)
     node_events, client_events = pair.handshake()
-    assert node_events == [Connected(1, pair.node.session_id)]
-    assert client_events == [Connected(1, pair.node.session_id)]
+    assert node_events == [Connected(PROTOCOL_V1_1, pair.node.session_id)]
+    assert client_events == [Connected(PROTOCOL_V1_1, pair.node.session_id)]
     assert pair.client.session_id == pair.node.session_id
 
 
@@ -87,15 +88,15 @@ def test_unknown_command_and_bad_fields_are_rejected_per_command(pair):
     from onionpost.proto.frames import packb
 
     session = pair.node.session_id
-    unknown = packb([b"", packb({"sess": session, "corr": b"\xff" * 24, "q": None, "cmd": "NOPE"})])
-    missing = packb([b"", packb({"sess": session, "corr": b"\xff" * 24, "q": b"q" * 24, "cmd": "SEND"})])
-    extra = packb([b"", packb({"sess": session, "corr": b"\xff" * 24, "q": None, "cmd": "PING", "x": 1})])
-    no_queue = packb([b"", packb({"sess": session, "corr": b"\xff" * 24, "q": None, "cmd": "SUB"})])
-    large = packb([b"", packb({"sess": session, "corr": b"\xff" * 24, "q": b"q" * 24, "cmd": "SEND", "body": b"x" * 15361})])
+    unknown = packb([b"", packb({"sess": session, "corr": bytes([1]) * 24, "q": None, "cmd": "NOPE"})])
+    missing = packb([b"", packb({"sess": session, "corr": bytes([2]) * 24, "q": b"q" * 24, "cmd": "SEND"})])
+    extra = packb([b"", packb({"sess": session, "corr": bytes([3]) * 24, "q": None, "cmd": "PING", "x": 1})])
+    no_queue = packb([b"", packb({"sess": session, "corr": bytes([4]) * 24, "q": None, "cmd": "SUB"})])
+    large = packb([b"", packb({"sess": session, "corr": bytes([5]) * 24, "q": b"q" * 24, "cmd": "SEND", "body": b"x" * 15361})])
     events = pair.feed(pair.node, pair.client.send_packed([unknown, missing, extra, no_queue]))
     events += pair.feed(pair.node, pair.client.send_packed([large]))
     assert [e.code for e in events] == [ErrorCode.CMD, ErrorCode.SYNTAX, ErrorCode.SYNTAX, ErrorCode.SYNTAX, ErrorCode.LARGE]
-    assert events[0].corr == b"\xff" * 24
+    assert events[0].corr == b"\x01" * 24
     assert "lacks field 'body'" in events[1].detail
     assert "unknown field" in events[2].detail
     assert "needs a queue id" in events[3].detail
@@ -138,12 +139,12 @@ def test_client_refuses_a_node_with_another_key():
 def test_version_mismatch_is_reported_on_both_sides():
     rng = DeterministicRng(b"v")
     public, secret = crypto.signing_keypair(rng)
-    node = NodeSession(public, secret, rng=rng, min_version=2, max_version=3)
+    node = NodeSession(public, secret, rng=rng, min_version=3, max_version=4)
     client = ClientSession(public, rng=rng)
     client.receive_data(node.data_to_send())
     with pytest.raises(RemoteProtocolError) as exc:
         client.next_event()
-    assert exc.value.code is ErrorCode.VERSION and "2-3" in exc.value.message
+    assert exc.value.code is ErrorCode.VERSION and "wire value 3 to wire value 4" in exc.value.message
 
 
 def test_node_refuses_unsupported_client_version_with_plaintext_error():
@@ -205,8 +206,88 @@ def test_error_details_fit_the_err_frame(pair):
     from onionpost.proto.frames import packb
 
     fields = {f"x{i}": 1 for i in range(100)}
-    body = packb({"sess": pair.node.session_id, "corr": b"\xff" * 24, "q": None, "cmd": "PING", **fields})
+    body = packb({"sess": pair.node.session_id, "corr": b"\xfe" * 24, "q": None, "cmd": "PING", **fields})
     [rejected] = pair.feed(pair.node, pair.client.send_packed([packb([b"", body])]))
     assert len(rejected.detail) <= 200
     replies = pair.to_client([(rejected.corr, None, Error(rejected.code.value, rejected.detail))])
     assert replies[0].response.code == "SYNTAX"
+
+
+def test_a_1_0_client_and_a_1_1_node_refuse_each_other_clearly():
+    """Version 1.1 changed the wire: a 1.0 peer gets VERSION, on either side, naming both versions."""
+    rng = DeterministicRng(b"old")
+    public, secret = crypto.signing_keypair(rng)
+    old_client = ClientSession(public, rng=rng, min_version=PROTOCOL_V1, max_version=PROTOCOL_V1)
+    old_client.receive_data(NodeSession(public, secret, rng=rng).data_to_send())
+    with pytest.raises(RemoteProtocolError) as exc:
+        old_client.next_event()
+    assert exc.value.code is ErrorCode.VERSION
+    assert exc.value.message == "the node speaks protocol 1.1, this client 1.0"
+
+    old_node = NodeSession(public, secret, rng=rng, min_version=PROTOCOL_V1, max_version=PROTOCOL_V1)
+    client = ClientSession(public, rng=rng)
+    client.receive_data(old_node.data_to_send())
+    with pytest.raises(RemoteProtocolError) as exc:
+        client.next_event()
+    assert exc.value.message == "the node speaks protocol 1.0, this client 1.1"
+
+    # A client that sends a 1.0 hello anyway gets a plain VERSION error instead of the welcome.
+    from onionpost.proto.block import pad
+    from onionpost.proto.frames import packb
+
+    node = NodeSession(public, secret, rng=rng)
+    node.receive_data(pad(packb({"v": PROTOCOL_V1, "ckey": crypto.dh_keypair(rng)[0]}), BLOCK_SIZE))
+    with pytest.raises(RemoteProtocolError) as exc:
+        node.next_event()
+    assert exc.value.code is ErrorCode.VERSION and exc.value.message == "protocol 1.0 not supported: this node speaks 1.1"
+
+
+def malformed(session_id: bytes, corr) -> list:
+    """Transmissions whose corr cannot be read, then one whose corr can but nothing else is right."""
+    from onionpost.proto.frames import packb
+
+    return [
+        {"not": "a pair"},
+        [b"", b"\xc1"],  # body not msgpack
+        [b"", packb([1, 2])],  # body not a map
+        [b"", packb({"sess": session_id, "q": None, "cmd": "PING"})],  # no corr
+        [b"", packb({"sess": session_id, "corr": b"c" * 23, "q": None, "cmd": "PING"})],
+        [b"", packb({"sess": session_id, "corr": b"c" * 31, "q": None, "cmd": "PING"})],
+        [b"", packb({"sess": session_id, "corr": "text" * 6, "q": None, "cmd": "PING"})],
+        [b"x" * 10, packb({"sess": session_id, "corr": corr, "q": None, "cmd": "NOPE"})],
+    ]
+
+
+def test_every_transmission_gets_one_answer_even_when_its_corr_is_unreadable(pair):
+    """Item 1: an unreadable corr is answered SYNTAX with an empty corr (not nil, which marks pushes)."""
+    from onionpost.proto.frames import packb
+
+    corr = pair.client.next_corr()
+    items = malformed(pair.node.session_id, corr)
+    events = pair.feed(pair.node, pair.client.send_packed([packb(item) for item in items]))
+    assert [e.corr for e in events] == [b""] * 7 + [corr]
+    assert [e.code for e in events] == [ErrorCode.SYNTAX] * 8  # the last: a 10-byte signature
+    replies = pair.to_client([(e.corr, e.queue, Error(e.code.value, e.detail)) for e in events])
+    assert [r.corr for r in replies] == [b""] * 7 + [corr]  # an empty corr decodes on the client side
+
+
+def test_a_readable_corr_is_used_up_whatever_the_answer(pair):
+    """Item 2: SYNTAX-, SESSION- and AUTH-rejected commands use up their corr like accepted ones."""
+    from onionpost.proto.frames import encode_body, packb
+
+    def send_body(corr: bytes, **fields) -> CommandRejected | CommandReceived:
+        body = {"sess": pair.node.session_id, "corr": corr, "q": None, "cmd": "PING", **fields}
+        [event] = pair.feed(pair.node, pair.client.send_packed([packb([b"", packb(body)])]))
+        return event
+
+    assert send_body(b"\x10" + bytes(23), extra=1).code is ErrorCode.SYNTAX
+    lower = send_body(b"\x0f" + bytes(23))
+    assert lower.code is ErrorCode.REPLAY and lower.detail == "correlation id not greater than the previous one"
+    assert send_body(b"\x20" + bytes(23), sess=b"s" * 32).code is ErrorCode.SESSION
+    assert send_body(b"\x1f" + bytes(23)).code is ErrorCode.REPLAY
+    assert isinstance(send_body(b"\x21" + bytes(23)), CommandReceived)
+    # The greatest corr uses up the session: every later command is REPLAY, saying so.
+    assert send_body(b"\xff" * 24, extra=1).code is ErrorCode.SYNTAX
+    used_up = send_body(b"\x22" + bytes(23))
+    assert used_up.code is ErrorCode.REPLAY and "open a new session" in used_up.detail
+    assert encode_body  # (imported for symmetry with the other tests)
