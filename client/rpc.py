@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,20 +107,28 @@ class DaemonClient:
     def connect(cls, home: Path, timeout: float | None = 5.0) -> DaemonClient | None:
         """Connect to the daemon of ``home``; None if none is running there."""
         path = socket_path(home)
-        if not path.exists():
-            return None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            sock.close()
-            return None  # a socket file left by a daemon that died
-        except OSError:
-            sock.close()
-            raise
-        sock.settimeout(None)
-        return cls(sock)
+        deadline = time.monotonic() + (timeout or 0.0)
+        while True:
+            if not path.exists():
+                return None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(str(path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                sock.close()
+                return None  # a socket file left by a daemon that died
+            except BlockingIOError:  # the daemon's listen queue is full for now: try again shortly
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            except OSError:
+                sock.close()
+                raise
+            sock.settimeout(None)
+            return cls(sock)
 
     def call(self, method: str, params: dict | None = None) -> Any:
         request_id = next(self._ids)

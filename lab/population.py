@@ -44,7 +44,9 @@ class Scenario:
     """Messages per minute per conversation direction (Poisson)."""
     reply_probability: float = 0.5
     reply_delay: float = 20.0
-    """Mean seconds before a reply (exponential)."""
+    """Mean seconds before a reply, after ``reply_min`` (exponential)."""
+    reply_min: float = 5.0
+    """Least seconds to read and type a reply: people do not answer in half a second."""
     churn_rate: float = 0.5
     """Times per minute a person goes offline (Poisson)."""
     offline: float = 20.0
@@ -195,7 +197,7 @@ def _schedule(scenario: Scenario, edges: list[tuple[int, int]], rng: random.Rand
             while t < scenario.duration:
                 events.append((t, "send", (sender, receiver)))
                 if rng.random() < scenario.reply_probability:
-                    reply = t + rng.expovariate(1 / scenario.reply_delay)
+                    reply = t + scenario.reply_min + rng.expovariate(1 / scenario.reply_delay)
                     if reply < scenario.duration:
                         events.append((reply, "send", (receiver, sender)))
                 t += rng.expovariate(scenario.message_rate / 60)

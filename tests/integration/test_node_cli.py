@@ -118,3 +118,11 @@ async def test_run_status_and_clean_stop(tmp_path, stop_signal):
         node.check_log()
     finally:
         node.kill()
+
+
+def test_trace_is_refused_on_a_node_that_serves_people(tmp_path):
+    data = tmp_path / "onion"
+    assert run_cli("init", "--data", str(data), "--onion").returncode == 0
+    result = run_cli("run", "--data", str(data), "--trace", str(tmp_path / "trace.jsonl"))
+    assert_clean_error(result, "--trace records what a relay operator sees", "private test network")
+    assert not (tmp_path / "trace.jsonl").exists() and not (data / "tor").exists()
