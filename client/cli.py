@@ -699,7 +699,7 @@ def daemon(
     home: HomeOpt = None,
     link_spread: Annotated[Optional[float], typer.Option("--link-spread", min=0, help="Seconds over which queue links (re)open, each at its own random time (docs/privacy.md). Default 20.")] = None,
     receipts: Annotated[Optional[str], typer.Option("--receipts", help="Delivery receipts: delay (default: each after its own random delay), next (with your next message) or off.")] = None,
-    receipt_delay: Annotated[Optional[float], typer.Option("--receipt-delay", min=0, help="Mean seconds a receipt or other automatic message waits. Default 20 (receipts), 5 (others).")] = None,
+    receipt_delay: Annotated[Optional[float], typer.Option("--receipt-delay", min=0, help="Mean seconds a receipt or other automatic message waits. Default 30 (receipts), 5 (others).")] = None,
 ):
     """Keep the client running: stay connected, serve the local API on HOME/daemon.sock (docs/api.md)."""
     from . import api

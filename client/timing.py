@@ -13,7 +13,7 @@ them by timing alone. So every queue lives on its own random schedule:
   (re)subscriptions are a Poisson process per queue, not a person's rhythm.
   The new link subscribes before the old one closes: no gap in delivery.
 - **closing**: a daemon that stops closes each link after its own delay,
-  uniform in ``[0, spread / 2)``, instead of all at once.
+  uniform in ``[0, spread)``, instead of all at once.
 - **sending after a start**: each contact's waiting messages leave after
   their own delay, uniform in ``[0, spread / 4)``, not in one burst.
 - **automatic messages**: a delivery receipt (``receipts="delay"``) waits an
@@ -41,7 +41,7 @@ class TimingPolicy:
     link_lifetime: float = 1800.0
     """Mean seconds a link lives before it is replaced (0: links live until they drop)."""
     receipts: str = "delay"
-    receipt_delay: float = 20.0
+    receipt_delay: float = 30.0
     automatic_delay: float = 5.0
     rng: random.Random = field(default_factory=random.SystemRandom, compare=False, repr=False)
 
@@ -68,7 +68,7 @@ class TimingPolicy:
 
     def close_delay(self) -> float:
         """Seconds before a link closes when the client stops."""
-        return self.rng.uniform(0.0, self.spread / 2) if self.spread > 0 else 0.0
+        return self.rng.uniform(0.0, self.spread) if self.spread > 0 else 0.0
 
     def lifetime(self) -> float | None:
         """Seconds until this link is replaced, or None to keep it until it drops."""

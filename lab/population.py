@@ -50,10 +50,15 @@ class Scenario:
     churn_rate: float = 0.5
     """Times per minute a person goes offline (Poisson)."""
     offline: float = 20.0
-    """Mean seconds offline (exponential)."""
+    """Mean seconds offline (exponential), after ``offline_min``."""
+    offline_min: float = 25.0
+    """Least seconds offline: a stopping daemon takes up to --link-spread seconds to close its links."""
     daemon_args: tuple[str, ...] = ()
     """Extra ``onionpost daemon`` options (the timing settings under test); () means the defaults."""
     seed: int = 1
+    testnet: str | None = None
+    """A private Tor network's folder ('onionpost testnet up'): the relay is then an onion service and every
+    daemon reaches it through its own tor, a circuit per queue. None: all on loopback."""
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -67,7 +72,11 @@ class Person:
         self.away = False
         self.log = home.parent / f"{name}.log"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 240) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
         self.away = False
         log = open(self.log, "a")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
@@ -75,6 +84,8 @@ class Person:
             stdout=subprocess.PIPE, stderr=log, text=True, env=dict(os.environ, ONIONPOST_PASSWORD=PASSWORD),
         )
         log.close()
+
+    def wait_ready(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -204,7 +215,7 @@ def _schedule(scenario: Scenario, edges: list[tuple[int, int]], rng: random.Rand
     for person in range(scenario.people):
         t = rng.expovariate(scenario.churn_rate / 60) if scenario.churn_rate > 0 else scenario.duration
         while t < scenario.duration:
-            back = t + rng.expovariate(1 / scenario.offline)
+            back = t + scenario.offline_min + rng.expovariate(1 / scenario.offline)
             events.append((t, "offline", (person,)))
             events.append((min(back, scenario.duration - 1), "online", (person,)))
             t = back + rng.expovariate(scenario.churn_rate / 60)
@@ -216,24 +227,30 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
     rng = random.Random(scenario.seed)
     workdir.mkdir(parents=True, exist_ok=True)
     relay_dir, trace = workdir / "relay", workdir / "trace.jsonl"
-    subprocess.run([sys.executable, "-m", "onionpost", "node", "init", "--data", str(relay_dir)], check=True,
+    onion = ["--onion"] if scenario.testnet else []
+    testnet = ["--testnet", scenario.testnet] if scenario.testnet else []
+    subprocess.run([sys.executable, "-m", "onionpost", "node", "init", "--data", str(relay_dir), *onion], check=True,
                    capture_output=True, timeout=60)
     address = subprocess.run([sys.executable, "-m", "onionpost", "node", "address", "--data", str(relay_dir)],
                              check=True, capture_output=True, text=True, timeout=60).stdout.strip()
     relay = subprocess.Popen([sys.executable, "-m", "onionpost", "node", "run", "--data", str(relay_dir),
-                              "--trace", str(trace)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              "--trace", str(trace), *testnet], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
     people: list[Person] = []
     try:
         if "listening" not in relay.stdout.readline():
             raise RuntimeError("the relay did not start")
+        daemon_args = (*scenario.daemon_args, *testnet)
         for index in range(scenario.people):
             name = f"user{index}"
             db = open_database(workdir / name, PASSWORD, create=True)
             add_relay(db, create_profile(db, name), address)
             db.close()
-            people.append(Person(name, workdir / name, scenario.daemon_args))
+            people.append(Person(name, workdir / name, daemon_args))
         for person in people:
-            person.start()
+            person.launch()
+        for person in people:  # started together: over Tor each bootstraps its own tor
+            person.wait_ready()
         edges = _graph(scenario.people, scenario.degree, rng)
         progress(f"{len(people)} people online; connecting {len(edges)} conversations")
         for a, b in edges:
@@ -278,6 +295,8 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
         time.sleep(min(30.0, scenario.duration / 4))  # let the last messages and receipts arrive
         observed_until = time.time()
         for person in people:
+            person.leave()
+        for person in people:
             person.stop()
         result = {"scenario": scenario.to_json(), "trace": str(trace), "truth": str(workdir / "truth.json"),
                   "observed_from": start, "observed_until": observed_until, "messages_sent": sent,
@@ -286,6 +305,8 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
         (workdir / "run.json").write_text(json.dumps(result, indent=1))
         return result
     finally:
+        for person in people:
+            person.leave()
         for person in people:
             person.stop()
         relay.send_signal(signal.SIGTERM)
