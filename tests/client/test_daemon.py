@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import select
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -270,3 +272,27 @@ def test_a_daemon_killed_mid_conversation_loses_nothing_and_shows_nothing_twice(
     assert sorted(shown, key=lambda t: int(t[1:])) == texts
     stored = [m["text"] for m in alice.call("history", contact=bob_alias, limit=100) if m["direction"] == "in"]
     assert sorted(stored, key=lambda t: int(t[1:])) == texts
+
+
+@pytest.mark.timeout(120)
+def test_receive_follow_streams_events_until_interrupted(pair):
+    alice, bob = pair
+    bob_alias, alice_alias = connect_daemons(alice, bob)
+    env = {k: v for k, v in os.environ.items() if k != "ONIONPOST_PASSWORD"}
+    follow = subprocess.Popen([sys.executable, "-m", "onionpost", "--home", str(alice.home), "receive", "--follow", "--json"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        event = {}
+        while event.get("kind") != "message":  # sent until --follow (subscribed at some point) prints one
+            assert time.monotonic() < deadline, "no message event streamed"
+            bob.call("send", contact=alice_alias, text="streamed")
+            while select.select([follow.stdout], [], [], 1.0)[0]:
+                event = json.loads(follow.stdout.readline())
+                if event["kind"] == "message":
+                    break
+        assert event["text"] == "streamed" and event["contact"] == bob_alias and event["id"] > 0
+    finally:
+        follow.send_signal(signal.SIGINT)
+        _, err = follow.communicate(timeout=30)
+    assert follow.returncode == 130 and "Traceback" not in err
