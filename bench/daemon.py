@@ -33,10 +33,14 @@ Figures:
   one relay link per watched queue (``status`` → ``queues_watched``; links are
   the daemon's established TCP sockets to the relay, from ``/proc/PID/fd`` and
   ``/proc/net/tcp``), both are left alone for 60 s (quick: 15 s): CPU =
-  utime+stime delta from ``/proc/PID/stat`` over the window, as % of one core;
-  wake-ups = context switches of all threads (``/proc/PID/task/*/status``) per
-  second (an idle asyncio loop with no polling makes almost none); RSS
-  (VmRSS) at the end.
+  utime+stime delta from ``/proc/PID/stat`` over the window, as % of one core
+  (and the live threads' ``schedstat``, in ns); wake-ups = context switches of
+  all threads (``/proc/PID/task/*/status``) per second (an idle asyncio loop
+  with no polling makes almost none); RSS (VmRSS) at the end; links at the end,
+  and how many of them were opened during the window (link renewals). Then the
+  hub sends one message to each contact through the API (the peers are not
+  running: nothing comes back) and, once its outbox is empty, a second window
+  is measured the same way: a daemon that has talked keeps its outbound links.
 * **Tor** (only when the Tor workloads run). A private Tor network
   (``torconfig.testnet``), two relays started as ``onionpost node init
   --onion`` / ``node run --testnet`` (each with its own tor, published as an
@@ -54,10 +58,12 @@ Figures:
   with bare clients on the same path.
 * **Idle daemon over Tor, 50 contacts** (full runs): the same hub on relay A
   (peers on relay B, setup over a separate tor), its daemon on a fresh tor of
-  its own; CPU, wake-ups, RSS of the daemon and of its tor, and its tor's
-  circuits through the control port (as ``scripts/count_circuits.py``:
-  circuits carrying streams, all built circuits by purpose). Baseline: alice's
-  daemon and tor (one contact) over the same window.
+  its own (``--link-spread 5``); the same two windows (just started, after one
+  message to each contact); CPU, wake-ups, RSS of the daemon and of its tor,
+  and its tor's circuits through the control port after each window (as
+  ``scripts/count_circuits.py``: circuits carrying streams, all built circuits
+  by purpose). Baseline: alice's daemon and tor (one contact) over the same
+  windows.
 """
 
 from __future__ import annotations
@@ -257,8 +263,8 @@ def sched_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def tcp_links(pid: int, remote_port: int) -> int:
-    """Established TCP connections of process ``pid`` to 127.0.0.1:``remote_port``."""
+def link_sockets(pid: int, remote_port: int) -> set[str]:
+    """Socket inodes of the established TCP connections of process ``pid`` to 127.0.0.1:``remote_port``."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -267,7 +273,7 @@ def tcp_links(pid: int, remote_port: int) -> int:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    count = 0
+    found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -276,12 +282,22 @@ def tcp_links(pid: int, remote_port: int) -> int:
         for line in lines:
             fields = line.split()
             if fields[3] == "01" and fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
-                count += 1
-    return count
+                found.add(fields[9])
+    return found
 
 
-def idle_window(pids: dict[str, int], seconds: float) -> dict:
-    """CPU (% of one core), wake-ups per second and final RSS of each process over one window."""
+def tcp_links(pid: int, remote_port: int) -> int:
+    return len(link_sockets(pid, remote_port))
+
+
+def idle_window(pids: dict[str, int], seconds: float, ports: dict[str, int] | None = None) -> dict:
+    """CPU (% of one core), wake-ups per second and final RSS of each process over one window.
+
+    For the processes named in ``ports``, also their links (TCP connections to that port) at the
+    end, and how many of them were not there at the start (links replaced or opened meanwhile).
+    """
+    ports = ports or {}
+    links_before = {name: link_sockets(pids[name], port) for name, port in ports.items()}
     before = {name: (cpu_seconds(pid), context_switches(pid), sched_seconds(pid)) for name, pid in pids.items()}
     t0 = time.monotonic()
     time.sleep(seconds)
@@ -296,8 +312,25 @@ def idle_window(pids: dict[str, int], seconds: float) -> dict:
             "wakeups_per_s": (switches - before[name][1]) / elapsed,
             "rss_mib": rss_bytes(pid) / 2**20,
         }
+        if name in ports:
+            after = link_sockets(pid, ports[name])
+            out[name]["links"] = len(after)
+            out[name]["links_new"] = len(after - links_before[name])
     out["window_s"] = elapsed
     return out
+
+
+def send_to_all(daemon: Daemon, timeout: float) -> dict:
+    """One API send to each contact of the daemon's profile; wait until its outbox is empty."""
+    t0 = time.monotonic()
+    aliases = [c["alias"] for c in daemon.call("contacts")]
+    for alias in aliases:
+        daemon.call("send", contact=alias, text=f"hello {alias}")
+    while (outbox := sum(p["outbox"] for p in daemon.call("status")["profiles"])) > 0:
+        if time.monotonic() - t0 > timeout:
+            raise BenchError(f"the daemon of {daemon.home.name} still had {outbox} messages to send after {timeout:.0f} s")
+        time.sleep(0.25)
+    return {"sent": len(aliases), "seconds": time.monotonic() - t0}
 
 
 # --- 1. CLI send on loopback ---------------------------------------------------------------------
@@ -488,17 +521,19 @@ def idle_loopback(workdir: Path, quick: bool) -> dict:
         port = int(node.address.rsplit(":", 1)[1])
         watched, _, links_up_s = wait_links(hub, port, timeout=60)
         time.sleep(2.0)  # let the last subscriptions settle
-        figures = idle_window({"hub": hub.pid, "empty": empty.pid, "relay": node.pid}, window)
-        figures["hub"]["links"] = tcp_links(hub.pid, port)
-        figures["empty"]["links"] = tcp_links(empty.pid, port)
+        pids, ports = {"hub": hub.pid, "empty": empty.pid, "relay": node.pid}, {"hub": port, "empty": port}
+        fresh = idle_window(pids, window, ports)
+        sent = send_to_all(hub, timeout=60)
+        time.sleep(2.0)
+        talked = idle_window(pids, window, ports)
         status = hub.call("status")["profiles"][0]
         hub.check_log()
         empty.check_log()
         node.check_log()
     finally:
         stop_all(hub, empty, node)
-    return {**figures, "setup": setup, "queues_watched": watched, "links_up_s": links_up_s,
-            "hub_contacts": status["contacts"], "window_s": figures["window_s"]}
+    return {"fresh": fresh, "after_send": talked, "send": sent, "setup": setup, "queues_watched": watched,
+            "links_up_s": links_up_s, "hub_contacts": status["contacts"]}
 
 
 # --- 2. and 3. over Tor ---------------------------------------------------------------------
@@ -620,15 +655,21 @@ def tor_idle(workdir: Path, testnet: Path, addresses: list[str], alice: Daemon, 
                      "--tor-control", str(hub_tor.control_port)).start()
         watched, _, links_up_s = wait_links(hub, hub_tor.socks_port, timeout=180)
         time.sleep(5.0)  # short-lived circuits (descriptor fetches, introductions) close
-        figures = idle_window({"hub": hub.pid, "hub_tor": hub_tor.pid, "alice": alice.pid, "alice_tor": alice_tor.pid}, window)
-        figures["hub"]["links"] = tcp_links(hub.pid, hub_tor.socks_port)
-        figures["alice"]["links"] = tcp_links(alice.pid, alice_tor.socks_port)
-        figures["hub_circuits"] = asyncio.run(count_circuits(hub_tor))
-        figures["alice_circuits"] = asyncio.run(count_circuits(alice_tor))
+        pids = {"hub": hub.pid, "hub_tor": hub_tor.pid, "alice": alice.pid, "alice_tor": alice_tor.pid}
+        ports = {"hub": hub_tor.socks_port, "alice": alice_tor.socks_port}
+        phases = {}
+        for phase in ("fresh", "after_send"):
+            if phase == "after_send":
+                sent = send_to_all(hub, timeout=180)
+                time.sleep(5.0)
+            figures = idle_window(pids, window, ports)
+            figures["hub_circuits"] = asyncio.run(count_circuits(hub_tor))
+            figures["alice_circuits"] = asyncio.run(count_circuits(alice_tor))
+            phases[phase] = figures
         hub.check_log()
     finally:
         stop_all(hub, hub_tor, setup_tor)
-    return {**figures, "setup": setup, "queues_watched": watched, "links_up_s": links_up_s}
+    return {**phases, "send": sent, "setup": setup, "queues_watched": watched, "links_up_s": links_up_s}
 
 
 async def count_circuits(tor) -> dict:
@@ -674,22 +715,7 @@ def run(quick: bool, workdir: Path, tor: bool = False) -> Result:
             ratio(m("daemon_e2e"), m("oneshot_e2e")),
             note=f"from the CLI's spawn; API send → message: {m('api_e2e'):.0f} ms"),
     ]
-    hub, empty, relay = idle["hub"], idle["empty"], idle["relay"]
-    window = f"{idle['window_s']:.0f} s"
-    rows += [
-        Row("daemon", f"idle daemon, {idle['hub_contacts']} contacts, loopback: CPU over {window}", hub["cpu_pct"], empty["cpu_pct"],
-            "idle daemon, 0 contacts, same window", "% of a core", ratio(hub["cpu_pct"], empty["cpu_pct"]), "< 1 %", hub["cpu_pct"] < 1,
-            f"utime+stime; schedstat: {hub['sched_cpu_ms']:.1f} vs {empty['sched_cpu_ms']:.1f} ms CPU in the window; "
-            f"wake-ups {hub['wakeups_per_s']:.2f}/s vs {empty['wakeups_per_s']:.2f}/s; relay node {relay['cpu_pct']:.2f} %; "
-            f"--link-spread 2, other timing defaults"),
-        Row("daemon", f"idle daemon, {idle['hub_contacts']} contacts, loopback: RSS", hub["rss_mib"], empty["rss_mib"],
-            "idle daemon, 0 contacts", "MiB", ratio(hub["rss_mib"], empty["rss_mib"]),
-            note=f"{1024 * (hub['rss_mib'] - empty['rss_mib']) / idle['hub_contacts']:.0f} KiB per contact"),
-        Row("daemon", f"idle daemon, {idle['hub_contacts']} contacts, loopback: open relay links", hub["links"], idle["queues_watched"],
-            "queues watched (status)", "links", ratio(hub["links"], idle["queues_watched"]),
-            note=f"TCP sockets to the relay at the window's end; 0-contact daemon: {empty['links']}; contacts set up in "
-                 f"{idle['setup']['setup_s']:.0f} s, links up {idle['links_up_s']:.1f} s after start"),
-    ]
+    rows += idle_rows(idle)
     if tor:
         (workdir / "tor").mkdir()
         data = tor_part(workdir / "tor", quick)
@@ -722,21 +748,70 @@ def tor_rows(data: dict) -> list[Row]:
     elif "skipped" in idle:
         rows.append(Row("daemon", "idle daemon over Tor", f"skipped: {idle['skipped']}", None))
     else:
-        hub, alice, hc, ac = idle["hub"], idle["alice"], idle["hub_circuits"], idle["alice_circuits"]
-        window = f"{idle['window_s']:.0f} s"
-        rows += [
-            Row("daemon", f"idle daemon over Tor, {CONTACTS} contacts: CPU over {window}", hub["cpu_pct"], alice["cpu_pct"],
-                "alice's daemon (1 contact), same window", "% of a core", ratio(hub["cpu_pct"], alice["cpu_pct"]), "< 1 %",
-                hub["cpu_pct"] < 1,
-                f"wake-ups {hub['wakeups_per_s']:.1f}/s vs {alice['wakeups_per_s']:.1f}/s; its tor: {idle['hub_tor']['cpu_pct']:.2f} % "
-                f"(alice's tor {idle['alice_tor']['cpu_pct']:.2f} %); --link-spread 5"),
-            Row("daemon", f"idle daemon over Tor, {CONTACTS} contacts: RSS daemon / its tor", hub["rss_mib"], idle["hub_tor"]["rss_mib"],
-                "its tor's RSS", "MiB", None,
-                note=f"alice: daemon {alice['rss_mib']:.1f} MiB, tor {idle['alice_tor']['rss_mib']:.1f} MiB"),
-            Row("daemon", f"idle daemon over Tor, {CONTACTS} contacts: tor circuits carrying its links", hc["carrying_streams"],
-                idle["queues_watched"], "queues watched (status)", "circuits", ratio(hc["carrying_streams"], idle["queues_watched"]),
-                note=f"{hub['links']} SOCKS links, {hc['streams']} streams; built circuits {hc['built']} {hc['by_purpose']}; "
-                     f"alice (1 contact): {ac['carrying_streams']} carrying, {ac['built']} built; contacts set up in "
-                     f"{idle['setup']['setup_s']:.0f} s, links up {idle['links_up_s']:.0f} s after start"),
-        ]
+        rows += tor_idle_rows(idle)
+    return rows
+
+
+PHASES = {"fresh": "just started", "after_send": "after one message to each"}
+
+
+def _wakeups(hub: dict, other: dict, other_name: str) -> str:
+    return (f"utime+stime; schedstat {hub['sched_cpu_ms']:.1f} ms CPU ({other_name}: {other['sched_cpu_ms']:.1f}); "
+            f"wake-ups {hub['wakeups_per_s']:.2f}/s ({other_name}: {other['wakeups_per_s']:.2f}/s); "
+            f"{hub['links_new']} of its {hub['links']} links opened during the window")
+
+
+def idle_rows(idle: dict) -> list[Row]:
+    n = idle["hub_contacts"]
+    rows = []
+    for phase, label in PHASES.items():
+        f = idle[phase]
+        hub, empty, relay = f["hub"], f["empty"], f["relay"]
+        note = f"{_wakeups(hub, empty, '0 contacts')}; relay node {relay['cpu_pct']:.2f} %"
+        if phase == "fresh":
+            note += "; --link-spread 2, other timing defaults"
+        else:
+            note += f"; {idle['send']['sent']} API sends, outbox empty after {idle['send']['seconds']:.1f} s"
+        rows.append(Row("daemon", f"idle daemon, {n} contacts, loopback, {label}: CPU over {f['window_s']:.0f} s", hub["cpu_pct"],
+                        empty["cpu_pct"], "idle daemon, 0 contacts, same window", "% of a core",
+                        ratio(hub["cpu_pct"], empty["cpu_pct"]), "< 1 %", hub["cpu_pct"] < 1, note))
+    fresh, talked = idle["fresh"], idle["after_send"]
+    rows += [
+        Row("daemon", f"idle daemon, {n} contacts, loopback: RSS", talked["hub"]["rss_mib"], talked["empty"]["rss_mib"],
+            "idle daemon, 0 contacts", "MiB", ratio(talked["hub"]["rss_mib"], talked["empty"]["rss_mib"]),
+            note=f"after one message to each: {1024 * (talked['hub']['rss_mib'] - talked['empty']['rss_mib']) / n:.0f} KiB per contact; "
+                 f"just started: {fresh['hub']['rss_mib']:.1f} MiB ({1024 * (fresh['hub']['rss_mib'] - fresh['empty']['rss_mib']) / n:.0f} KiB per contact)"),
+        Row("daemon", f"idle daemon, {n} contacts, loopback: open relay links", talked["hub"]["links"], idle["queues_watched"],
+            "queues watched (status)", "links", ratio(talked["hub"]["links"], idle["queues_watched"]),
+            note=f"after one message to each; just started: {fresh['hub']['links']}; 0-contact daemon: {talked['empty']['links']}; "
+                 f"TCP sockets to the relay; contacts set up in {idle['setup']['setup_s']:.0f} s, links up {idle['links_up_s']:.1f} s after start"),
+    ]
+    return rows
+
+
+def tor_idle_rows(idle: dict) -> list[Row]:
+    rows = []
+    for phase, label in PHASES.items():
+        f = idle[phase]
+        hub, alice = f["hub"], f["alice"]
+        note = (f"{_wakeups(hub, alice, 'alice')}; its tor {f['hub_tor']['cpu_pct']:.2f} % (alice's tor {f['alice_tor']['cpu_pct']:.2f} %)"
+                + ("; --link-spread 5" if phase == "fresh" else f"; {idle['send']['sent']} API sends, outbox empty after {idle['send']['seconds']:.0f} s"))
+        rows.append(Row("daemon", f"idle daemon over Tor, {CONTACTS} contacts, {label}: CPU over {f['window_s']:.0f} s", hub["cpu_pct"],
+                        alice["cpu_pct"], "alice's daemon (1 contact), same window", "% of a core",
+                        ratio(hub["cpu_pct"], alice["cpu_pct"]), "< 1 %", hub["cpu_pct"] < 1, note))
+    for phase, label in PHASES.items():
+        f = idle[phase]
+        hc, ac = f["hub_circuits"], f["alice_circuits"]
+        note = (f"{f['hub']['links']} SOCKS links, {hc['streams']} streams; built circuits {hc['built']} {hc['by_purpose']}; "
+                f"alice (1 contact): {ac['carrying_streams']} carrying, {ac['built']} built")
+        if phase == "fresh":
+            note += f"; contacts set up over Tor in {idle['setup']['setup_s']:.0f} s, links up {idle['links_up_s']:.0f} s after start"
+        rows.append(Row("daemon", f"idle daemon over Tor, {CONTACTS} contacts, {label}: tor circuits carrying its links",
+                        hc["carrying_streams"], idle["queues_watched"], "queues watched (status)", "circuits",
+                        ratio(hc["carrying_streams"], idle["queues_watched"]), note=note))
+    f = idle["after_send"]
+    rows.append(Row("daemon", f"idle daemon over Tor, {CONTACTS} contacts: RSS daemon / its tor", f["hub"]["rss_mib"], f["hub_tor"]["rss_mib"],
+                    "its tor's RSS", "MiB", None,
+                    note=f"after one message to each; just started: {idle['fresh']['hub']['rss_mib']:.1f} / {idle['fresh']['hub_tor']['rss_mib']:.1f} MiB; "
+                         f"alice (1 contact): {f['alice']['rss_mib']:.1f} / {f['alice_tor']['rss_mib']:.1f} MiB"))
     return rows
