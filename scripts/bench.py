@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """onionpost benchmark suite: one command, every workload with its baseline in the same run.
 
-    python3 scripts/bench.py --quick          # smoke check, under 2 minutes (no Tor)
+    python3 scripts/bench.py --quick          # smoke check, under 3 minutes (no Tor)
     python3 scripts/bench.py                  # full run, under 20 minutes (Tor included)
     python3 scripts/bench.py --quick --tor    # quick, plus the Tor workload
     python3 scripts/bench.py --only relay,crypto
@@ -43,7 +43,7 @@ WORKLOADS = {"relay": relay, "prosody": prosody, "scale": scale, "tor": tor, "cr
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke check: smaller sizes, shorter windows, no Tor (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smoke check: smaller sizes, shorter windows, no Tor (under 3 minutes)")
     parser.add_argument("--tor", action="store_true", help="with --quick: include the Tor workload anyway")
     parser.add_argument("--no-tor", action="store_true", help="full run without the Tor workload")
     parser.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
