@@ -122,7 +122,9 @@ async def _ping_rtt(link, n: int = 5) -> float:
     return median(per)
 
 
-async def delivery(a_address, b_address, socks_port: int, trials: int, messages: int = 5) -> dict:
+async def delivery(a_address, b_address, socks_port: int, trials: int, messages: int = 5,
+                   recipient_socks_port: int | None = None) -> dict:
+    """Sender S through ``socks_port``; recipient R through ``recipient_socks_port`` (default: the same tor)."""
     from onionpost.proto import Ack, Forward, Message, New, Ok, SecureQueue, Send, Subscribe, crypto, forward
     from onionpost.proto.delivery import open_message
     from onionpost.transport import RelayLink
@@ -132,6 +134,7 @@ async def delivery(a_address, b_address, socks_port: int, trials: int, messages:
 
     pool, _ = make_pool(messages + 1)
     connector = TorConnector(socks_port=socks_port)
+    r_connector = connector if recipient_socks_port is None else TorConnector(socks_port=recipient_socks_port)
     rows = []
     for trial in range(trials):
         tag = f"{trial}-{os.urandom(8).hex()}"
@@ -144,7 +147,7 @@ async def delivery(a_address, b_address, socks_port: int, trials: int, messages:
             if isinstance(response, Message):
                 arrivals.put_nowait((time.perf_counter(), response))
 
-        recipient = await RelayLink.connect(b_address, connector=connector, isolation=f"r-{tag}", on_push=on_push, timeout=60)
+        recipient = await RelayLink.connect(b_address, connector=r_connector, isolation=f"r-{tag}", on_push=on_push, timeout=60)
         ids = await recipient.request(New(rkey=rkey, dhkey=dh_public, akey=None), None, rsecret)
         queue_key = crypto.queue_secret(dh_secret, ids.dhkey)
         await recipient.request(SecureQueue(skey=skey), ids.rid, rsecret)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """onionpost benchmark suite: one command, every workload with its baseline in the same run.
 
-    python3 scripts/bench.py --quick          # smoke check, under 2 minutes (no Tor)
+    python3 scripts/bench.py --quick          # smoke check, under 3 minutes (no Tor)
     python3 scripts/bench.py                  # full run, under 20 minutes (Tor included)
     python3 scripts/bench.py --quick --tor    # quick, plus the Tor workload
     python3 scripts/bench.py --only relay,crypto
@@ -9,7 +9,9 @@
 Workloads (bench/ modules): relay (throughput and CPU per message vs a raw
 aiohttp relay), prosody (the same workload through Prosody), scale (memory per
 queue, client and subscription; restart time), tor (latency over a private Tor
-network), crypto (client-side crypto). Results go to a JSON file and a
+network), crypto (client-side crypto), daemon (the client daemon: CLI send vs
+one-shot, an idle daemon with 50 contacts; its Tor figures only when Tor runs).
+Results go to a JSON file and a
 Markdown table (``--out DIR``, default ./bench-results) and the table is
 printed at the end. Figures are measurements, never pass/fail: the exit status
 is non-zero only when a workload could not run (a bug or a broken setup), with
@@ -33,15 +35,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the workloads in bench/ are not installed; onionpost itself is
 
-from bench import crypto, prosody, relay, report, scale, tor  # noqa: E402
+from bench import crypto, daemon, prosody, relay, report, scale, tor  # noqa: E402
 from bench.common import Result, Skipped  # noqa: E402
 
-WORKLOADS = {"relay": relay, "prosody": prosody, "scale": scale, "tor": tor, "crypto": crypto}
+WORKLOADS = {"relay": relay, "prosody": prosody, "scale": scale, "tor": tor, "crypto": crypto, "daemon": daemon}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke check: smaller sizes, shorter windows, no Tor (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smoke check: smaller sizes, shorter windows, no Tor (under 3 minutes)")
     parser.add_argument("--tor", action="store_true", help="with --quick: include the Tor workload anyway")
     parser.add_argument("--no-tor", action="store_true", help="full run without the Tor workload")
     parser.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     elif (args.quick and not args.tor) or args.no_tor:
         names.remove("tor")
     mode = "quick" if args.quick else "full"
+    with_tor = not args.no_tor and (args.tor or not args.quick)  # for workloads with a Tor part (TOR_PART)
 
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="onionpost-bench-")
@@ -70,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp) / name
             workdir.mkdir()
             try:
-                result = WORKLOADS[name].run(args.quick, workdir)
+                module = WORKLOADS[name]
+                extra = {"tor": with_tor} if getattr(module, "TOR_PART", False) else {}
+                result = module.run(args.quick, workdir, **extra)
             except Skipped as exc:
                 result = Result(name, skipped=str(exc))
             except Exception as exc:  # reported, and the run exits non-zero
