@@ -134,7 +134,8 @@ class Agent:
         self.rng = rng
         self.timing = timing or TimingPolicy.immediate()
         relays = [TrustedRelay(r.address, r.access_key, r.operator) for r in list_relays(db, profile)]
-        self.network = Network(relays, connector=connector, clock=clock, rng=rng, timeout=timeout, isolation=isolation)
+        self.network = Network(relays, connector=connector, clock=clock, rng=rng, timeout=timeout, isolation=isolation,
+                               send_link_idle=self.timing.send_link_idle)
         self.events: list[Event] = []
         self.listeners: list[Callable[[Event], None]] = []
         self._owners: dict[bytes, tuple[str, int]] = {}  # inbound rid -> ("invitation" | "contact", row id)
@@ -224,7 +225,7 @@ class Agent:
             raise NoRelayConfigured()
         operator_of = {r.address: r.operator or r.address for r in trusted}
         held: dict[str, int] = {operator: 0 for operator in operator_of.values()}
-        for queue in self._inbound_queues():
+        for queue in self.inbound_queues():
             if queue.relay in operator_of:
                 held[operator_of[queue.relay]] += 1
         avoided = operator_of.get(avoid) if avoid else None
@@ -233,7 +234,7 @@ class Agent:
         choices = [r for r in candidates if held[operator_of[r.address]] == fewest]
         return choices[int.from_bytes(self.rng(4), "big") % len(choices)]
 
-    def _inbound_queues(self) -> list[InboundQueue]:
+    def inbound_queues(self) -> list[InboundQueue]:
         queues = [InboundQueue.from_bytes(blob) for _, blob in self.store.invitation_queues()]
         for _, *blobs in self.store.live_queues():
             queues += [InboundQueue.from_bytes(blob) for blob in blobs if blob is not None]

@@ -734,7 +734,7 @@ def daemon(
         loop.add_signal_handler(signal.SIGUSR2, _print_tasks)  # 'kill -USR2 PID': every asyncio task's stack
         try:
             await runtime.start_network()
-            queues = sum(len(a.watched()) for a in runtime.agents())
+            queues = sum(len(a.inbound_queues()) for a in runtime.agents())
 
             def ready():
                 print(f"onionpost daemon ready: {server.path} ({len(runtime.agents())} profiles, "

@@ -71,9 +71,13 @@ class Network:
         rng=os.urandom,
         timeout: float = 30.0,
         isolation: str = "queue",
+        send_link_idle: Callable[[], float | None] | None = None,
     ):
         self.trusted = list(trusted)
         self.isolation = isolation
+        self.send_link_idle = send_link_idle
+        """Seconds a link used only for sending stays open after its last send (drawn per send); None: no limit."""
+        self._idle_closes: dict[str, asyncio.TimerHandle] = {}
         self.contact_tags: dict[bytes, str] = {}
         """With ``isolation="contact"``: queue id (rid or snd) -> its contact's tag."""
         self._connector = connector or DirectConnector()
@@ -135,6 +139,9 @@ class Network:
         one person's sessions all end at the same instant, docs/privacy.md)."""
         for opening in list(self._opening.values()):
             opening.cancel()
+        for timer in self._idle_closes.values():
+            timer.cancel()
+        self._idle_closes.clear()
         links, self._links = list(self._links.values()), {}
 
         async def close(link: RelayLink, delay: float) -> None:
@@ -265,6 +272,7 @@ class Network:
         if any(r.address == queue.relay for r in self.trusted):
             link = await self._link(queue.relay, self.tag_of(queue))
             await link.request(send, queue.snd, key)
+            self._close_when_idle(queue.relay, self.tag_of(queue))
             return
         destination = parse_node_address(queue.relay)
         envelope, response_key = forward.seal_send(destination.key, queue.snd, send, key, int(self._clock()), self._rng)
@@ -281,10 +289,26 @@ class Network:
             if isinstance(answer, Error):
                 raise RelayError(answer.code, answer.detail)
             assert isinstance(answer, Ok)
+            self._close_when_idle(relay.address, self.tag_of(queue))
             return
         raise NoRelayError(f"none of your relays could be reached ({last_error})" if last_error else "you have no trusted relay")
 
+    def _close_when_idle(self, relay: str, tag: str) -> None:
+        """A link that only sends closes after its own random idle time (client/timing.py), not with the others."""
+        key = self._key(relay, tag)
+        idle = self.send_link_idle() if self.send_link_idle else None
+        if idle is None or any(self._key(q.relay, self.tag_of(q)) == key for q in self._subscriptions.values()):
+            return
+        previous = self._idle_closes.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle_closes[key] = loop.call_later(idle, lambda: loop.create_task(self._drop(relay, tag)))
+
     async def _drop(self, relay: str, tag: str) -> None:
+        timer = self._idle_closes.pop(self._key(relay, tag), None)
+        if timer is not None:
+            timer.cancel()
         link = self._links.pop(f"{tag}@{relay}", None)
         if link is not None:
             await link.close()

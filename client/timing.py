@@ -12,6 +12,9 @@ them by timing alone. So every queue lives on its own random schedule:
   lifetime (mean ``link_lifetime``), independently per queue, so later
   (re)subscriptions are a Poisson process per queue, not a person's rhythm.
   The new link subscribes before the old one closes: no gap in delivery.
+- **sending links**: a link used only to send to a contact closes after its
+  own exponentially distributed idle time (mean ``link_lifetime / 6``, 5 min),
+  and opens again with the next message.
 - **closing**: a daemon that stops closes each link after its own delay,
   uniform in ``[0, spread)``, instead of all at once.
 - **sending after a start**: each contact's waiting messages leave after
@@ -65,6 +68,12 @@ class TimingPolicy:
         """Seconds before a queue's link (re)opens."""
         spread = self.spread / 4 if urgent else self.spread
         return self.rng.uniform(0.0, spread) if spread > 0 else 0.0
+
+    def send_link_idle(self) -> float | None:
+        """Seconds a link used only for sending stays open after a send: exponential, mean ``link_lifetime / 6``."""
+        if self.link_lifetime <= 0:
+            return None
+        return self.rng.expovariate(6.0 / self.link_lifetime)
 
     def close_delay(self) -> float:
         """Seconds before a link closes when the client stops."""
