@@ -281,3 +281,80 @@ async def test_a_message_cannot_drive_the_terminal_it_is_printed_on(pair):
     assert "\x1b" not in shown and "\x07" not in shown
     assert "evil \\x1b[2J\\x1b]0;owned\\x07 escape" in shown
     assert "\x1b" not in alice.cli("history", bob_alias).stdout
+
+
+async def test_fuzzed_invitations_never_crash_connect_and_change_nothing_when_refused(pair):
+    """Mutated links (and a few through the CLI): a clear AgentError, no traceback, no database change."""
+    import random
+
+    from onionpost.client.agent import AgentError
+
+    alice, bob = pair
+    link = alice.cli("invite", "--link-only").stdout.splitlines()[0]
+    rng = random.Random(5)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567=/:onipst1"
+    b = bob.agent()
+
+    def snapshot():
+        return [tuple(r) for r in b.db.fetch_all("SELECT count(*) FROM contacts UNION ALL SELECT count(*) FROM outbox "
+                                                 "UNION ALL SELECT count(*) FROM invitations")]
+
+    accepted = 0
+    try:
+        before = snapshot()
+        for _ in range(300):
+            chars = list(link)
+            for _ in range(rng.randint(1, 4)):
+                position = rng.randrange(len(chars))
+                action = rng.random()
+                if action < 0.5:
+                    chars[position] = rng.choice(alphabet)
+                elif action < 0.75:
+                    del chars[position]
+                else:
+                    chars.insert(position, rng.choice(alphabet))
+            mutated = "".join(chars)
+            if mutated == link:
+                continue
+            try:
+                await b.connect(mutated, via="link")
+            except AgentError:
+                assert snapshot() == before, mutated
+                continue
+            accepted += 1  # a mutation the checksum cannot see (the base32 padding): a real request
+            before = snapshot()
+    finally:
+        await close_agent(b)
+    assert accepted < 30
+    for mutated in (link[:40], link + "AAAA", link.replace("onionpost:1/", "onionpost:9/")):
+        result = bob.cli("connect", mutated)
+        assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+async def test_fuzzed_qr_images_are_refused_cleanly(pair, tmp_path):
+    import random
+
+    from onionpost.client.agent import AgentError
+    from onionpost.client.qr import QRReadError, read_qr_image
+
+    alice, bob = pair
+    png = tmp_path / "invite.png"
+    assert alice.cli("invite", "--png", str(png)).returncode == 0
+    original = png.read_bytes()
+    rng = random.Random(9)
+    b = bob.agent()
+    try:
+        for i in range(60):
+            data = bytearray(original)
+            for _ in range(rng.randint(1, 20)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            mutated = tmp_path / f"mutated-{i}.png"
+            mutated.write_bytes(bytes(data))
+            try:
+                await b.connect(read_qr_image(mutated), via="qr-image")
+            except (QRReadError, AgentError):
+                pass
+    finally:
+        await close_agent(b)
+    result = bob.cli("connect", "--qr", str(tmp_path / "mutated-0.png"))
+    assert "Traceback" not in result.stderr + result.stdout
