@@ -12,7 +12,6 @@ Isolation modes (``--isolation``), from most to least private:
 """
 
 import asyncio
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path

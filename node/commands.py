@@ -42,7 +42,7 @@ from .committer import Committer, internal_error
 from .connection import Slot, error
 from .datadir import Identity
 from .forwarder import Forwarder
-from .mailbox import Acked, Mailbox, Relayed, Stored, Subscribed
+from .mailbox import Acked, Mailbox, Stored, Subscribed
 from .subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)

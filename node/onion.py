@@ -25,7 +25,6 @@ import contextlib
 import functools
 import logging
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
