@@ -53,7 +53,8 @@ PY
 
 echo "== unit tests against the installed wheel"
 mkdir "$WORK/src"
-cp -r "$REPO/tests" "$REPO/docs" "$REPO/scripts" "$REPO/bench" "$REPO/pyproject.toml" "$WORK/src/"
+cp -r "$REPO/tests" "$REPO/docs" "$REPO/scripts" "$REPO/bench" "$REPO/requirements" "$REPO/.ci" \
+      "$REPO/README.md" "$REPO/pyproject.toml" "$WORK/src/"
 cd "$WORK/src"
 "$WORK/venv/bin/python" -m pytest tests/unit -q -p no:cacheprovider -x | tail -n 3
 

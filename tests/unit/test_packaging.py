@@ -7,6 +7,8 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -47,6 +49,8 @@ def test_the_locked_build_backend_is_the_one_pyproject_asks_for():
 
 
 def test_every_package_folder_is_installed_under_onionpost():
+    if not (ROOT / "onionproto").is_dir():
+        pytest.skip("runs in the repository (scripts/check_latest.sh runs the tests beside an installed wheel)")
     tool = PYPROJECT["tool"]["setuptools"]
     assert all(name == "onionpost" or name.startswith("onionpost.") for name in tool["packages"])
     for package, folder in tool["package-dir"].items():
