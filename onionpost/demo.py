@@ -150,7 +150,7 @@ async def _circuits(person: Person) -> list[str]:
     return lines
 
 
-async def run_demo(workdir: Path) -> None:
+async def run_demo(workdir: Path, *, deleted_at_end: bool = True) -> None:
     async with AsyncExitStack() as stack:
         say(f"Working in {workdir}")
         say(f"1. Starting a private Tor network on 127.0.0.1 (3 directory authorities + {DEFAULT_RELAYS} relays)...")
@@ -184,7 +184,8 @@ async def run_demo(workdir: Path) -> None:
         png = workdir / "invitation.png"
         qr_png(link, png)
         say(qr_terminal(link))
-        say(f"   (also saved as {png}; the demo's folder is deleted at the end unless you pass --keep)")
+        fate = "the demo's folder is deleted at the end unless you pass --keep" if deleted_at_end else "kept"
+        say(f"   (also saved as {png}; {fate})")
 
         say("5. Bob scans it from the PNG and sends a connection request; Alice's client accepts it.")
         started = time.monotonic()
@@ -231,7 +232,7 @@ def main(keep: bool = False, workdir: Path | None = None) -> int:
     directory = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="onionpost-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        asyncio.run(run_demo(directory))
+        asyncio.run(run_demo(directory, deleted_at_end=not keep and workdir is None))
         return 0
     except KeyboardInterrupt:
         print("\nInterrupted: everything was stopped.", file=sys.stderr)
