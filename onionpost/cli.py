@@ -5,6 +5,7 @@ This module only composes the sub-apps; each lives with its package
 import each other.
 """
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,6 +41,9 @@ def demo(
 
 
 def main() -> None:
+    # Ctrl-C stops a command even when the parent started us with SIGINT ignored (a shell's
+    # background job, some CI runners): Python only installs its handler when SIGINT is not ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app()
 
 
