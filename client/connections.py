@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 HELD = 9e15
 """``not_before`` of an outbox row held for the next message the user sends (receipts="next")."""
 TRANSIENT = (LinkClosed, RelayError, NoRelayError, OSError, asyncio.TimeoutError)
+SETTLE = 0.5
+"""Seconds of quiet after which ``receive`` takes it that nothing more is waiting."""
 FINAL_CODES = ("NO_QUEUE",)
 """Relay answers that no retry can change: the queue is gone."""
 
@@ -148,9 +150,11 @@ class QueueRunner:
             while not runner.done():
                 quiet = self.idle_for
                 settled = not self._first_attempts and self.network.deliveries.empty() and not self._sending_soon()
-                if quiet >= wait and settled:
+                # The relay pushes a queue's next message right after the ACK of the previous one, but it may
+                # arrive in the next block: SETTLE seconds of quiet before "nothing more to fetch".
+                if quiet >= max(wait, SETTLE) and settled:
                     break
-                await asyncio.wait({runner}, timeout=min(wait - quiet, 0.25) if quiet else 0.05)
+                await asyncio.wait({runner}, timeout=max(0.05, min(max(wait, SETTLE) - quiet, 0.25)))
         finally:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
