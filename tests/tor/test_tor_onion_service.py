@@ -4,8 +4,11 @@ import asyncio
 import os
 import time
 
+import aiohttp
 import pytest
+from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
+from onionpost.transport.retry import retrying
 from tests.tor.tor_helpers import fetch, socks_session
 from onionpost.torconfig import onion_keys
 from onionpost.torconfig.socks import isolation_credentials
@@ -74,9 +77,19 @@ async def test_proof_of_work_defence_is_in_the_descriptor(client_tor, client_con
 
     seed = os.urandom(32)
     address = await host_control.publish_onion(seed, {80: web_port}, pow_defense=True)
+    attempts = []
+
+    async def fetch_on_a_fresh_circuit() -> str:
+        # Right after publication a client can still meet an HSDir without the descriptor: try again
+        # on a new circuit, with the client's own backoff, as the product does.
+        attempts.append(1)
+        async with socks_session(client_tor, isolation_credentials(f"pow-{len(attempts)}")) as session:
+            return await fetch(session, f"http://{address}/pow")
+
     try:
-        async with socks_session(client_tor, isolation_credentials("pow")) as session:
-            assert await fetch(session, f"http://{address}/pow") == "hello pow"
+        assert await retrying(fetch_on_a_fresh_circuit, within=90,
+                              transient=(ProxyError, ProxyConnectionError, ProxyTimeoutError, aiohttp.ClientError,
+                                         asyncio.TimeoutError, OSError)) == "hello pow"
         raw = await asyncio.to_thread(
             client_control._controller.get_info, f"hs/client/desc/id/{onion_keys.service_id(address)}"
         )
