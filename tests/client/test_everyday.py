@@ -1,5 +1,6 @@
 """Everyday use (issue 11): nothing consumed unseen, spent invitations and stuck contacts, codes, help, wording."""
 
+import asyncio
 import json
 import os
 import signal
@@ -361,3 +362,34 @@ async def test_fuzzed_qr_images_are_refused_cleanly(pair, tmp_path):
         await close_agent(b)
     result = bob.cli("connect", "--qr", str(tmp_path / "mutated-0.png"))
     assert "Traceback" not in result.stderr + result.stdout
+
+
+async def test_a_failed_write_with_requests_in_flight_leaves_nothing_on_stderr(nodes):
+    """'Future exception was never retrieved ... LinkClosed' must never reach a user."""
+    import gc
+
+    from onionpost.proto import Ping
+    from onionpost.transport import LinkClosed, RelayLink
+
+    relay = nodes("relay")
+    loop = asyncio.get_running_loop()
+    reported = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context.get("message")))
+    try:
+        link = await RelayLink.connect(relay.address)
+
+        async def broken(data):
+            raise ConnectionResetError("reset by peer")
+
+        link._ws.send_bytes = broken  # noqa: SLF001 - the write fails, as when a circuit dies
+        results = await asyncio.gather(*(link.request_many([(Ping(), None, None)] * 3) for _ in range(3)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, LinkClosed) for r in results), results
+        await link.close()
+        del results
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []
