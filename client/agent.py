@@ -89,14 +89,9 @@ class Event:
 
 
 @dataclass(frozen=True)
-class Contact:
-    id: int
-    alias: str
-    display_name: str | None
-    state: str
-    role: str
-    provenance: str
-    verified: bool
+class Contact(ContactRow):
+    """A stored contact, with its unread count."""
+
     unread: int = 0
 
     @property
@@ -105,7 +100,7 @@ class Contact:
 
     @classmethod
     def of(cls, row: ContactRow, unread: int = 0) -> Contact:
-        return cls(row.id, row.alias, row.display_name, row.state, row.role, row.provenance, row.verified, unread)
+        return cls(*dataclasses.astuple(row), unread)
 
 
 class Agent(QueueRunner):
