@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tests.tor.tor_helpers import private_network
 from onionpost.torconfig.cli import app as network_cli
-from tests.tor.workflow_helpers import clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, texts
+from tests.tor.workflow_helpers import clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, settle_until, texts
 
 pytestmark = pytest.mark.tor
 RECOVERY_DEADLINE = 240.0
@@ -54,7 +54,10 @@ async def test_clients_recover_when_a_tor_relay_dies_and_lose_nothing(connected,
         await alice.agent.flush()
         await bob.agent.send("alice", "before 1")
         await bob.agent.flush()
-        await settle(bob.agent, alice.agent, rounds=2)
+        await settle_until(
+            lambda: texts(bob.agent, "alice", "in")[-1:] == ["before 0"] and texts(alice.agent, bob_alias, "in")[-1:] == ["before 1"],
+            bob.agent, alice.agent, within=120,
+        )
         assert texts(bob.agent, "alice", "in")[-1:] == ["before 0"]
         assert texts(alice.agent, bob_alias, "in")[-1:] == ["before 1"]
 

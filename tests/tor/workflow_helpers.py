@@ -4,6 +4,8 @@ Shared by the workflow tests (on the session's network) and the relay-failure
 test (on a network of its own, since it kills one of its relays).
 """
 
+import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -82,6 +84,21 @@ async def connect_pair(homes: dict[str, Path], testnet: Path) -> tuple[list[str]
 
 async def settle(*agents: Agent, rounds: int = 2, wait: float = 1.5) -> None:
     for _ in range(rounds):
+        for agent in agents:
+            await agent.receive(wait=wait)
+
+
+async def settle_until(done: Callable[[], bool], *agents: Agent, within: float, wait: float = 1.5) -> None:
+    """Receive on every agent until ``done()`` holds, as a person would keep the client open.
+
+    Over Tor the time this takes varies by minutes (a restarted onion service is
+    reachable again only once tor has a fresh descriptor and introduction
+    points), so a test waits for the outcome, not for a fixed number of rounds.
+    """
+    deadline = time.monotonic() + within
+    while not done():
+        if time.monotonic() > deadline:
+            return  # the caller's assertion says what is missing
         for agent in agents:
             await agent.receive(wait=wait)
 
