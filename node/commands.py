@@ -6,6 +6,7 @@ are answered after the commit; the answers then update the subscriptions
 FWD waits on the destination node in its own task.
 """
 
+import dataclasses
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ from onionpost.proto import (
     parse_node_address,
 )
 from onionpost.proto import crypto, forward
+from onionpost.proto.frames import session_may_authenticate
 
 from .committer import Committer, internal_error
 from .connection import Slot, error
@@ -98,6 +100,12 @@ class Dispatcher:
         if t.signature and type(t.command) in UNSIGNED:
             slot.answer(error(ErrorCode.AUTH, f"{t.command.NAME} must be unsigned"))
             return
+        if not t.signature and session_may_authenticate(conn.session.version, t.command):
+            # relay.md "Signatures" (1.2): the session's own signed SUB authenticates it, nothing else does.
+            if self.subscriptions.subscriber(t.queue) is not conn:
+                slot.answer(error(ErrorCode.AUTH, f"unsigned {t.command.NAME}: this session is not subscribed to the queue"))
+                return
+            t = dataclasses.replace(t, by_session=True)
         try:
             handler(conn, t, slot)
         except Exception as exc:  # never a traceback to the client: INTERNAL, nothing applied

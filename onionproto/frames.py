@@ -22,6 +22,7 @@ from .versions import (
     SEALED_CONTENT_SIZE,
     SESSION_ID_SIZE,
     SIGNATURE_SIZE,
+    PROTOCOL_V1_2,
     TOKEN_SIZE,
     UNREAD_CORR,
 )
@@ -141,6 +142,14 @@ COMMANDS: dict[str, type[Command]] = {
     for c in (New, SecureQueue, Subscribe, Get, Ack, Suspend, Delete, Send, Ping, Forward, RelayForward)
 }
 RECIPIENT_COMMANDS = frozenset({"KEY", "SUB", "GET", "ACK", "OFF", "DEL"})
+SESSION_AUTHENTICATED = frozenset({"GET", "ACK"})
+"""1.2: recipient commands that may be unsigned on a queue the session is subscribed to (relay.md "Signatures")."""
+
+
+def session_may_authenticate(version: int | None, command: "Command") -> bool:
+    """True if, in a session of ``version``, ``command`` may be authenticated by the session's
+    subscription instead of a signature (1.2 and later; GET and ACK only)."""
+    return version is not None and version >= PROTOCOL_V1_2 and command.NAME in SESSION_AUTHENTICATED
 
 # --- Responses (node -> client) ------------------------------------------------
 
@@ -256,7 +265,8 @@ class Transmission:
     """One decoded command as the node sees it, before signature checks.
 
     ``body`` is the exact signed byte string; the signature (if any) covers
-    ``COMMAND_DOMAIN ‖ body``.
+    ``COMMAND_DOMAIN ‖ body``. ``by_session`` is set by the node (1.2): an unsigned GET or ACK on a
+    queue this session is subscribed to, authenticated by the session instead of a signature.
     """
 
     signature: bytes
@@ -265,6 +275,7 @@ class Transmission:
     corr: bytes
     queue: bytes | None
     command: Command
+    by_session: bool = False
 
 
 class TransmissionError(RemoteProtocolError):
