@@ -254,7 +254,14 @@ def unpackb(data: bytes, code: ErrorCode, what: str):
 
 def frame_args(frame: Command | Response) -> dict:
     """The frame's fields as a dict, without absent optional fields."""
-    return {f.name: getattr(frame, f.name) for f in fields(frame) if getattr(frame, f.name) is not None}
+    names = _FIELD_NAMES.get(type(frame))
+    if names is None:
+        names = _FIELD_NAMES[type(frame)] = tuple(f.name for f in fields(frame))
+    return {name: value for name in names if (value := getattr(frame, name)) is not None}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+"""Each frame class's field names (``dataclasses.fields`` is slow on the per-message path)."""
 
 
 # --- Transmissions ----------------------------------------------------------------
@@ -293,6 +300,9 @@ BODY_FIELDS = {
     "q": Optional(QUEUE_ID),
     "cmd": Str(8),
 }
+
+
+_BODY_SPECS = {c: dict(BODY_FIELDS, **c.FIELDS) for c in COMMANDS.values()}
 
 
 def encode_body(session: bytes, corr: bytes, queue: bytes | None, command: Command) -> bytes:
@@ -350,7 +360,7 @@ def check_transmission(raw: RawTransmission) -> Transmission:
     body = raw.fields.get("body")
     if command_type is Send and isinstance(body, bytes) and len(body) > MAX_BODY:
         raise TransmissionError(ErrorCode.LARGE, f"body of {len(body)} bytes exceeds {MAX_BODY}", corr, queue)
-    spec = dict(BODY_FIELDS, **command_type.FIELDS)
+    spec = _BODY_SPECS[command_type]
     try:
         checked = check_map(raw.fields, spec, f"{name} body")
     except FieldError as exc:
@@ -381,6 +391,9 @@ def encode_response(corr: bytes | None, queue: bytes | None, response: Response)
     return item
 
 
+_RESPONSE_SPECS = {r: dict(RESPONSE_HEAD, **r.FIELDS) for r in RESPONSES.values()}
+
+
 def decode_response(item: object) -> tuple[bytes | None, bytes | None, Response]:
     """Decode one response map. Raises RemoteProtocolError(SYNTAX)."""
     if not isinstance(item, dict):
@@ -390,7 +403,7 @@ def decode_response(item: object) -> tuple[bytes | None, bytes | None, Response]
     if response_type is None:
         raise RemoteProtocolError(ErrorCode.SYNTAX, f"unknown response {name!r}")
     try:
-        checked = check_map(item, dict(RESPONSE_HEAD, **response_type.FIELDS), f"{name} response")
+        checked = check_map(item, _RESPONSE_SPECS[response_type], f"{name} response")
     except FieldError as exc:
         raise RemoteProtocolError(ErrorCode.SYNTAX, str(exc)) from None
     response = response_type(**{k: checked[k] for k in response_type.FIELDS})
