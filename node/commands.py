@@ -6,7 +6,6 @@ are answered after the commit; the answers then update the subscriptions
 FWD waits on the destination node in its own task.
 """
 
-import dataclasses
 import logging
 import os
 import time
@@ -105,7 +104,7 @@ class Dispatcher:
             if self.subscriptions.subscriber(t.queue) is not conn:
                 slot.answer(error(ErrorCode.AUTH, f"unsigned {t.command.NAME}: this session is not subscribed to the queue"))
                 return
-            t = dataclasses.replace(t, by_session=True)
+            t = Transmission(t.signature, t.body, t.session, t.corr, t.queue, t.command, by_session=True)
         try:
             handler(conn, t, slot)
         except Exception as exc:  # never a traceback to the client: INTERNAL, nothing applied
