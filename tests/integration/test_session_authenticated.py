@@ -15,7 +15,7 @@ from onionpost.node.config import NodeConfig
 from onionpost.node.datadir import Identity
 from onionpost.node.server import NODE_KEY, make_app
 from onionpost.node.store import SQLiteQueueStore
-from onionpost.proto import Ack, Error, Get, Message, NodeAddress, NoMessage, Ok, Send, Subscribe, SubscriptionEnded
+from onionpost.proto import Ack, Delete, Error, Get, Message, NodeAddress, NoMessage, Ok, Send, Subscribe, SubscriptionEnded, Suspend
 from onionpost.proto.versions import PROTOCOL_V1_1, PROTOCOL_V1_2
 from onionpost.transport import RelayLink
 from tests.integration.relay_helpers import RawClient, new_queue
@@ -55,6 +55,22 @@ async def test_unsigned_ack_and_get_on_the_sessions_own_subscription(shared_node
         assert isinstance(second, Message) and second.mid != first.mid
         assert isinstance(await unsigned(recipient, Ack(second.mid), queue.rid), Ok)
         assert isinstance(await unsigned(recipient, Get(), queue.rid), NoMessage)
+    finally:
+        await recipient.close()
+        await sender.close()
+
+
+async def test_off_and_del_stay_signed_on_a_subscribed_queue(shared_node):
+    """1.2 exempts only GET and ACK: OFF and DEL change the queue for good (relay.md "Threat model")."""
+    recipient = await RawClient.connect(shared_node.address)
+    sender = await RawClient.connect(shared_node.address)
+    try:
+        queue = await new_queue(recipient, node=shared_node)
+        await subscribed_with_message(recipient, queue, sender)
+        for command in (Suspend(), Delete()):
+            refused = await unsigned(recipient, command, queue.rid)
+            assert isinstance(refused, Error) and (refused.code, refused.detail) == ("AUTH", "not signed with the queue's recipient key")
+        assert isinstance(await sender.request(Send(b"still open"), queue.snd, queue.ssecret), Ok)  # not suspended
     finally:
         await recipient.close()
         await sender.close()
