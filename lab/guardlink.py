@@ -45,7 +45,6 @@ import math
 import os
 import pwd
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -62,6 +61,7 @@ CONTROL_RESOLUTION = 1.0
 SNAPLEN = 128  # headers only: the observer cannot read the cells anyway
 START_TIMEOUT = 10.0
 POLL = 1.0  # seconds between looks at the client tor's connections
+QUIET, SETTLE = 0.5, 5.0  # tcpdump is stopped after its file is still this long (at most SETTLE s)
 STOP_TIMEOUT = 10.0
 _TCP_ESTABLISHED = "01"
 _KEYWORD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -389,8 +389,9 @@ class Capture:
             self._watcher.join()
         self._look()
         if self.source == "tcpdump":
-            _stop_process(self._proc)
-            records = pcap_packets(self.pcap_path, [(c.local_port, c.remote_port) for c in self.connections])
+            _stop_tcpdump(self._proc, self.pcap_path)
+            records = [r for r in pcap_packets(self.pcap_path, [(c.local_port, c.remote_port) for c in self.connections])
+                       if self.start <= r[0] <= end]
         else:
             self._control.close()
             with self._lock:
@@ -447,39 +448,49 @@ def _stop_process(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(STOP_TIMEOUT)
-    finally:
-        if proc.stderr is not None:
-            proc.stderr.close()
+
+
+def _stop_tcpdump(proc: subprocess.Popen | None, pcap: Path, quiet: float = QUIET, most: float = SETTLE) -> None:
+    """Stop tcpdump once its file has stopped growing for ``quiet`` seconds (at
+    most ``most``): on SIGTERM it exits without writing what it has not read
+    yet, so the last packets would be lost."""
+    if proc is None or proc.poll() is not None:
+        return
+    deadline = time.monotonic() + most
+    size, still_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = pcap.stat().st_size if pcap.exists() else 0
+        if now != size:
+            size, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            break
+        time.sleep(0.05)
+    _stop_process(proc)
 
 
 def _start_tcpdump(pcap: Path, ports: Iterable[int], interface: str, timeout: float) -> subprocess.Popen:
-    """tcpdump writing ``pcap``, once it says it listens; CaptureError if it cannot."""
+    """tcpdump writing ``pcap`` (its messages in ``pcap``.log), once it says it
+    listens; CaptureError with what it said if it cannot."""
     # As root tcpdump drops to user 'tcpdump' before opening the file: stay who we are.
     user = pwd.getpwuid(os.getuid()).pw_name
-    proc = subprocess.Popen(
-        ["tcpdump", "-i", interface, "-n", "-U", "-s", str(SNAPLEN), "-Z", user, "-w", str(pcap), bpf_filter(ports)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    log = pcap.with_suffix(".tcpdump.log")
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            ["tcpdump", "-i", interface, "-n", "-U", "--immediate-mode", "-s", str(SNAPLEN), "-Z", user, "-w", str(pcap),
+             bpf_filter(ports)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        )
     deadline = time.monotonic() + timeout
-    said = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            _stop_process(proc)
-            raise CaptureError(f"tcpdump did not start listening within {timeout:.0f} s")
-        if select.select([proc.stderr], [], [], min(left, 0.2))[0]:
-            line = proc.stderr.readline()
-            if "listening on" in line:
-                # Keep its stderr drained so it never blocks on a full pipe.
-                threading.Thread(target=proc.stderr.read, daemon=True).start()
-                return proc
-            if line:
-                said.append(line.strip())
+    while "listening on" not in (said := log.read_text(errors="replace")):
         if proc.poll() is not None:
-            rest = proc.stderr.read()
-            proc.stderr.close()
-            said.append(rest.strip())
-            raise CaptureError("tcpdump cannot capture: " + " ".join(s for s in said if s)[:300])
+            pcap.unlink(missing_ok=True)
+            raise CaptureError("tcpdump cannot capture: " + " ".join(said.split())[:300])
+        if time.monotonic() > deadline:
+            _stop_process(proc)
+            pcap.unlink(missing_ok=True)
+            raise CaptureError(f"tcpdump did not start listening within {timeout:.0f} s")
+        time.sleep(0.05)
+    return proc
 
 
 def _start_events(capture: Capture, control_port: int, cookie_path: Path | None) -> None:
