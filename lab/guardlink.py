@@ -54,7 +54,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dpkt
 import numpy as np
+import stem
+import stem.connection
+import stem.control
+from stem.control import EventType
+
+from onionpost.torconfig import process
 
 SOURCES = ("tcpdump", "control")
 CONTROL_RESOLUTION = 1.0
@@ -153,9 +160,6 @@ class TorLinks:
 
 def query_tor(control_port: int, cookie_path: Path | None = None) -> TorLinks:
     """Ask the client's tor (control port) for the relays' ORPorts and its first hops."""
-    import stem.connection
-    import stem.control
-
     try:
         controller = stem.control.Controller.from_port(port=control_port)
     except stem.SocketError as exc:
@@ -248,8 +252,6 @@ def pcap_packets(path: str | os.PathLike[str], connections: Iterable[tuple[int, 
     pcap on one of ``connections`` (client port, relay port): + from the client
     to the relay, - back. (Two processes may use one local port towards
     different relays, so the pair is what tells a connection.)"""
-    import dpkt
-
     pairs = set(connections)
     out = []
     with open(path, "rb") as fh:
@@ -259,7 +261,7 @@ def pcap_packets(path: str | os.PathLike[str], connections: Iterable[tuple[int, 
             raise CaptureError(f"{path}: not a pcap file ({exc})") from None
         link = reader.datalink()
         for ts, buf in reader:
-            ip = _ip_of(link, buf, dpkt)
+            ip = _ip_of(link, buf)
             if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
                 continue
             tcp = ip.data
@@ -274,7 +276,7 @@ def pcap_packets(path: str | os.PathLike[str], connections: Iterable[tuple[int, 
     return out
 
 
-def _ip_of(link: int, buf: bytes, dpkt):
+def _ip_of(link: int, buf: bytes):
     try:
         if link == dpkt.pcap.DLT_EN10MB:
             frame = dpkt.ethernet.Ethernet(buf).data
@@ -378,6 +380,12 @@ class Capture:
     @property
     def pcap_path(self) -> Path:
         return self.out / f"{self.name}.pcap"
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
     def stop(self) -> Path:
         """Stop capturing (by PID, nothing left running) and write the flow file; returns its path."""
@@ -494,11 +502,6 @@ def _start_tcpdump(pcap: Path, ports: Iterable[int], interface: str, timeout: fl
 
 
 def _start_events(capture: Capture, control_port: int, cookie_path: Path | None) -> None:
-    import stem
-    import stem.connection
-    import stem.control
-    from stem.control import EventType
-
     controller = stem.control.Controller.from_port(port=control_port)
     try:
         info = stem.connection.get_protocolinfo(controller)
@@ -519,8 +522,6 @@ def _start_events(capture: Capture, control_port: int, cookie_path: Path | None)
 
 def client_tor(home: str | os.PathLike[str]) -> tuple[int, int, Path]:
     """(pid, control port, cookie path) of the tor a client daemon with this home runs."""
-    from onionpost.torconfig import process
-
     data_dir = Path(home).resolve() / "tor"
     port = process.read_control_port_file(data_dir / "control-port")
     pids = process.tor_pids_under(data_dir)
