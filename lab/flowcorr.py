@@ -339,3 +339,30 @@ def evaluate_together(pr: linkage.Pairs, scored: FlowScores, link_scores: np.nda
         "flow": linkage.roc_metrics(labels, flow),
         "together": linkage.roc_metrics(labels, together),
     }
+
+
+def format_table(flow: dict | None = None, together: dict | None = None) -> str:
+    """A plain-text table of ``evaluate``'s and/or ``evaluate_together``'s results."""
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    rows = [("attack", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "pairs (pos/neg)")]
+
+    def add(name: str, m: dict) -> None:
+        rows.append((name, num(m["auc"]), num(m["tpr_at_1pct_fpr"]), num(m["tpr_at_0.1pct_fpr"]),
+                     f"{m['positive']}/{m['negative']}"))
+
+    if flow is not None:
+        add("flow -> session (same person)", flow["metrics"])
+    if together is not None:
+        for part in ("relay", "flow", "together"):
+            add(f"queue pair same person: {part}", together[part])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append(" | ".join(r[c].ljust(widths[c]) if c == 0 else r[c].rjust(widths[c])
+                                for c in range(len(r))).rstrip())
+        if k == 0:
+            lines.append("-+-".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -381,6 +381,11 @@ class Capture:
     def pcap_path(self) -> Path:
         return self.out / f"{self.name}.pcap"
 
+    def latest(self) -> float | None:
+        """Time of the newest record so far (control events only; None before any, or for tcpdump)."""
+        with self._lock:
+            return max((t for t, _ in self._records), default=None)
+
     def __enter__(self) -> Capture:
         return self
 

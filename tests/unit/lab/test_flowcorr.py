@@ -107,3 +107,11 @@ def test_together_is_near_certain_when_both_views_correlate():
     result = flowcorr.evaluate_together(pr, flowcorr.score(synthflow.guard_flows(sessions, seed=3), sessions),
                                         linkage.co_subscription(pr))
     assert result["together"]["auc"] >= 0.95
+
+
+def test_the_table_has_a_row_per_attack():
+    flows, sessions = synthflow.generate(n_people=4, sessions_per_person=2, seed=2, duration=120)
+    table = flowcorr.format_table(flowcorr.evaluate(flows, sessions))
+    lines = table.splitlines()
+    assert lines[0].split(" | ")[0].strip() == "attack" and len(lines) == 3
+    assert lines[2].startswith("flow -> session (same person)") and lines[2].endswith("8/24")
