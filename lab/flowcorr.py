@@ -40,6 +40,7 @@ from onionpost.lab.guardlink import Flow
 from onionpost.lab.relayview import Trace, read_trace, read_truth
 
 BLOCK = 16384  # docs/protocol/relay.md: every block, either way, is 16384 bytes
+NULL_SHIFTS = 16  # shifted copies of each flow that a pair's score is ranked against
 RECIPIENT_COMMANDS = frozenset({"NEW", "KEY", "SUB", "GET", "ACK", "OFF", "DEL"})
 
 
@@ -181,6 +182,7 @@ class FlowScores:
     windows: int = 0
     flows: tuple[Series, ...] = field(default_factory=tuple)
     sessions: tuple[Series, ...] = field(default_factory=tuple)
+    span: tuple[float, float] = (0.0, 0.0)
 
     def labels(self) -> np.ndarray:
         """True where flow and session belong to the same known person."""
@@ -212,7 +214,7 @@ def score(flows: Sequence[Series], sessions: Sequence[Series], params: Params = 
     nf, ns, nw = len(flows), len(sessions), len(starts)
     empty = np.zeros((nf, ns))
     if nf == 0 or ns == 0:
-        return FlowScores(empty, empty, np.zeros(ns), empty, empty, params, nw, flows, sessions)
+        return FlowScores(empty, empty, np.zeros(ns), empty, empty, params, nw, flows, sessions, (start, end))
 
     f_bins = _binned(flows, start, n_bins, params.bin)
     s_bins = _binned(sessions, start, n_bins, params.bin)
@@ -248,9 +250,9 @@ def score(flows: Sequence[Series], sessions: Sequence[Series], params: Params = 
         best["lag"] = np.where(better, lag * params.bin, best["lag"])
     share = np.divide(best["votes"], n_active[None], out=np.zeros((nf, ns)), where=n_active[None] > 0)
     # Less than one vote's worth: (mean + 1) / 2 is in [0, 1].
-    tiebreak = (best["mean"] + 1) / 2 / (np.maximum(n_active[None], 1) + 1)
+    tiebreak = np.where(n_active[None] > 0, (best["mean"] + 1) / 2 / (n_active[None] + 1), 0.0)
     return FlowScores(share + tiebreak, best["votes"], n_active, best["lag"], best["mean"], params, nw,
-                      flows, sessions)
+                      flows, sessions, (start, end))
 
 
 def evaluate(flows: Sequence[Series], sessions: Sequence[Series], params: Params = Params(), **bounds) -> dict:
@@ -289,21 +291,66 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return (sums / counts)[inverse] / max(len(x) - 1, 1)
 
 
-def queue_flow_scores(pr: linkage.Pairs, scored: FlowScores) -> np.ndarray:
-    """``Q[q, f]``: how strongly queue ``pr.queues[q]`` ties to flow f: over the
-    sessions that carried it for its reader, the best rank of f among all
-    flows by score (1: f is the session's best match)."""
+def _rolled(flow: Series, shift: float, start: float, end: float) -> Series:
+    """The flow moved ``shift`` seconds later, wrapped around the span [start, end)."""
+    t = start + (np.asarray(flow.t, dtype=float) - start + shift) % max(end - start, 1e-9)
+    order = np.argsort(t, kind="stable")
+    return Series(flow.name, t[order], np.asarray(flow.size)[order], flow.owner)
+
+
+def null_ranks(scored: FlowScores, shifts: int = NULL_SHIFTS) -> np.ndarray:
+    """``R[f, s]`` in [0, 1]: the share of ``shifts`` scores of the same pair, with
+    the flow moved by whole windows in time (wrapped), that the true score beats.
+
+    A session with few active windows and one with many get scores of
+    different scales; against its own shifted copies each pair is on one
+    scale, and this needs no other flow (a single observer of one person).
+    """
+    start, end = scored.span
+    span = end - start
+    params = scored.params
+    if shifts <= 0 or span <= 2 * params.window or not len(scored.flows):
+        return np.zeros_like(scored.score)
+    beats = np.zeros_like(scored.score)
+    for k in range(1, shifts + 1):
+        # Spread over the span, never closer than a window (and its lags) to the truth.
+        shift = params.window + params.max_lag + (span - 2 * (params.window + params.max_lag)) * (k - 0.5) / shifts
+        moved = [_rolled(f, shift, start, end) for f in scored.flows]
+        null = score(moved, scored.sessions, params, start=start, end=end).score
+        beats += scored.score > null
+    return beats / shifts
+
+
+def flow_ties(scored: FlowScores, shifts: int = NULL_SHIFTS) -> np.ndarray:
+    """``T[f, s]`` in [0, 1]: the pair's score made comparable across sessions
+    (vote shares of sessions with few or many active windows are not).
+
+    With two flows or more: flow f's rank among all flows for session s (1:
+    the session's best match). With one flow (an observer of one person):
+    ``null_ranks``, ties broken by the session's rank among all sessions.
+    Inactive sessions get 0.
+    """
+    ties = np.zeros_like(scored.score)
+    active = np.flatnonzero(scored.active > 0)
+    if len(scored.flows) >= 2:
+        for s in active:
+            ties[:, s] = _ranks(scored.score[:, s])
+    elif len(scored.flows) == 1 and len(active):
+        null = null_ranks(scored, shifts)[0, active]
+        ties[0, active] = (null * shifts + _ranks(scored.score[0, active])) / (shifts + 1)
+    return ties
+
+
+def queue_flow_scores(pr: linkage.Pairs, scored: FlowScores, shifts: int = NULL_SHIFTS) -> np.ndarray:
+    """``Q[q, f]``: how strongly queue ``pr.queues[q]`` ties to flow f: the best
+    ``flow_ties`` value over the sessions that carried it for its reader."""
     q_of = {q.rid: k for k, q in enumerate(pr.queues) if q.rid is not None}
     out = np.zeros((len(pr.queues), len(scored.flows)))
-    for s, session in enumerate(scored.sessions):
-        if scored.active[s] == 0:
-            continue
-        # Scores of sessions with few or many active windows differ in scale:
-        # what counts is how this flow ranks among all flows for the session.
-        tie = _ranks(scored.score[:, s])
-        for rid in session.reads:
+    ties = flow_ties(scored, shifts)
+    for s in np.flatnonzero(scored.active > 0):
+        for rid in scored.sessions[s].reads:
             if rid in q_of:
-                out[q_of[rid]] = np.maximum(out[q_of[rid]], tie)
+                out[q_of[rid]] = np.maximum(out[q_of[rid]], ties[:, s])
     return out
 
 
