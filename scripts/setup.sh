@@ -29,6 +29,11 @@ apt_install() {
 if ! command -v tor >/dev/null || ! command -v tor-gencert >/dev/null; then
     apt_install tor
 fi
+# The lab's guard-link observer captures with tcpdump (onionpost.lab.guardlink;
+# without it, or without the right to capture, it falls back to tor's events).
+if ! command -v tcpdump >/dev/null && [ ! -x /usr/sbin/tcpdump ]; then
+    apt_install tcpdump
+fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "error: onionpost needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version 2>&1 || echo missing)" >&2

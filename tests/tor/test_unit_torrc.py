@@ -73,6 +73,13 @@ def test_client_and_onion_host_start_offline(join):
     assert "TestingTorNetwork" not in real and "DisableNetwork" not in real
 
 
+def test_only_a_private_network_client_offers_the_lab_observer_events(join):
+    client = options(torrc.render_torrc("client", VALUES, join))
+    assert client["TestingEnableConnBwEvent"] == client["TestingEnableCellStatsEvent"] == ["1"]
+    real = options(torrc.render_torrc("real_client", VALUES))
+    assert not any(key.startswith("TestingEnable") for key in real)
+
+
 def test_bad_values_are_refused(join):
     with pytest.raises(ValueError):
         torrc.render_torrc("relay", {**VALUES, "nickname": "a\nExitRelay 1"}, join)
