@@ -41,7 +41,8 @@ SETTINGS = {
     "batch 30 s": ("--batch", "30"),
     "isolation shared (baseline)": ("--isolation", "shared"),
 }
-SAME_PERSON = ("co_subscription", "co_subscription_window", "co_closing", "co_closing_window", "online_overlap")
+SAME_PERSON = ("co_subscription", "co_subscription_window", "co_closing", "co_closing_window", "co_session",
+               "online_overlap")
 SAME_CONVERSATION = ("ack_send", "send_send")
 
 
