@@ -18,8 +18,10 @@ from onionpost.lab.population import Scenario, run_population
 
 @pytest.mark.timeout(420)
 def test_the_linkage_attack_links_a_persons_queues_when_they_share_one_socket(tmp_path):
-    scenario = Scenario(people=6, degree=2, duration=30, churn_rate=0.0, seed=21,
-                        daemon_args=("--isolation", "shared", "--link-spread", "2"))
+    # Enough activity that every queue is read in the window: 4 messages a minute each way, and
+    # people restarting (every queue subscribed again) about twice a minute.
+    scenario = Scenario(people=6, degree=2, duration=40, message_rate=4.0, churn_rate=2.0, offline_min=3.0,
+                        offline=3.0, seed=21, daemon_args=("--isolation", "shared", "--link-spread", "2"))
     run = run_population(scenario, tmp_path / "shared", progress=lambda line: print(f"[shared] {line}"))
     with open(run["trace"]) as trace:
         events = [e for e in map(json.loads, trace) if e["t"] >= run["observed_from"]]
