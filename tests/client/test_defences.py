@@ -194,7 +194,7 @@ async def test_dropped_links_reopen_each_at_its_own_time_after_a_relay_restart(t
     assert max(again) - min(again) > 1.0, again  # six uniform draws over 4 s: not at one instant
 
 
-async def test_shared_isolation_puts_every_queue_on_one_socket(tmp_path, nodes, monkeypatch):
+async def test_shared_isolation_puts_every_queue_on_one_socket(tmp_path, nodes):
     relay = nodes("relay")
     alice = Person(tmp_path / "alice", "alice", [relay])
     a = agent(alice, isolation="shared")
@@ -222,7 +222,7 @@ async def test_shared_isolation_puts_every_queue_on_one_socket(tmp_path, nodes, 
     (("--batch", "1e9"), "--batch must be between 0 and 86400 seconds"),
     (("--reconnect-jitter", "-1"), "--reconnect-jitter must be between 0 and 86400 seconds"),
 ])
-def test_the_daemon_refuses_bad_defence_options_in_one_line(tmp_path, nodes, monkeypatch, args, message):
+def test_the_daemon_refuses_bad_defence_options_in_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.delenv("ONIONPOST_LAB", raising=False)
     alice = Person(tmp_path / "alice", "alice", [])
     result = alice.cli("daemon", *args, timeout=60)
