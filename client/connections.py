@@ -216,8 +216,10 @@ class QueueRunner:
             except TimeoutError:
                 pass
 
-    async def _cover_loop(self) -> None:
-        """Cover traffic (client/timing.py): each connected contact gets dummy messages on its own random schedule."""
+    async def _cover_loop(self, sleep=asyncio.sleep) -> None:
+        """Cover traffic (client/timing.py): each connected contact gets dummy messages on its own random schedule.
+
+        ``sleep`` is injected (tests pair it with a fake ``clock``)."""
         next_at: dict[int, float] = {}
         while not _stopping():
             now = self.clock()
@@ -236,7 +238,7 @@ class QueueRunner:
             self._wake_sender()
             # New contacts are picked up within COVER_CHECK seconds.
             wait = min([t - now for t in next_at.values()] + [COVER_CHECK])
-            await asyncio.sleep(max(0.0, wait))
+            await sleep(max(0.0, wait))
 
     async def _handle_safely(self, delivery: Delivery) -> None:
         try:
