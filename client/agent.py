@@ -477,12 +477,24 @@ class Agent(QueueRunner):
         so the contact's messages stay in order.
         """
         now = self.clock()
+        if message_id is not None and delay is not None:
+            delay += self.timing.send_wait()
+        if delay is None:
+            not_before = HELD
+        elif self.timing.batch > 0:
+            not_before = self.timing.release_at(now + delay)
+        else:
+            not_before = now + delay if delay > 0 else 0.0
         if message_id is not None:
-            self.store.release_outbox(contact_id)
-        not_before = HELD if delay is None else (now + delay if delay > 0 else 0.0)
+            self.store.release_outbox(contact_id, not_before)
         self.store.add_outbox(contact_id, body, now=self._now(), message_id=message_id,
                               queue=queue.to_bytes() if queue else None, not_before=not_before,
                               automatic=message_id is None)
+
+    def _queue_cover(self, contact_id: int) -> None:
+        """One cover message: through the ratchet like any message, padded alike; the contact drops it unseen."""
+        with self.store.transaction():
+            self._queue_chat(contact_id, payloads.encode("cover"))
 
     async def _handle(self, delivery: Delivery) -> None:
         owner = self._owners.get(delivery.queue.rid)
@@ -631,6 +643,8 @@ class Agent(QueueRunner):
         elif kind == "qnew":
             self._switch_outbound(contact_id, payload)
             self._event("rotated", alias, f"{alias} moved your messages to a new queue")
+        elif kind == "cover":
+            pass  # cover traffic: nothing to show, store or acknowledge beyond the relay's ACK
         elif kind == "qdone":
             after_commit.append(lambda: self._retire_old_inbound(contact_id, alias))
 

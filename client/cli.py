@@ -62,6 +62,7 @@ class Options:
     link_spread: float | None = None
     receipts: str | None = None
     receipt_delay: float | None = None
+    defences: dict | None = None  # the daemon's traffic-correlation defences (TimingPolicy fields)
     daemon: bool = False  # the last command went through a running daemon
 
 
@@ -142,7 +143,7 @@ _NETWORK_PARAMETERS = [
     ),
     inspect.Parameter(
         "isolation", inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[Optional[str], typer.Option("--isolation", help="One Tor circuit per: queue (default), contact, or profile.")],
+        annotation=Annotated[Optional[str], typer.Option("--isolation", help="One Tor circuit per: queue (default), contact, or profile (shared: one for everything, lab only).")],
     ),
 ]
 
@@ -164,10 +165,12 @@ def network_command(func):
 
 
 def _tor_settings():
-    from .tor import ISOLATION_MODES, TorSettings, parse_host_port
+    from .tor import TorSettings, check_isolation, parse_host_port
 
-    if _options.isolation not in ISOLATION_MODES:
-        raise UserError(f"--isolation must be one of {', '.join(ISOLATION_MODES)}")
+    try:
+        check_isolation(_options.isolation, testnet=_options.testnet is not None)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     socks = parse_host_port(_options.tor_socks, "--tor-socks") if _options.tor_socks else None
     if _options.testnet is not None and not (Path(_options.testnet) / "network.json").exists():
         raise UserError(f"no private Tor network in {_options.testnet}: start one with 'onionpost testnet up --dir DIR'")
@@ -189,6 +192,8 @@ def _timing(*, daemon: bool):
     if _options.receipt_delay is not None:
         changes["receipt_delay"] = changes["automatic_delay"] = _options.receipt_delay
         changes.setdefault("receipts", "delay")
+    if daemon and _options.defences:
+        changes.update(_options.defences)
     try:
         return TimingPolicy(**{**base.__dict__, **changes})
     except ValueError as exc:
@@ -700,6 +705,11 @@ def daemon(
     link_spread: Annotated[Optional[float], typer.Option("--link-spread", min=0, help="Seconds over which queue links (re)open, each at its own random time (docs/privacy.md). Default 20.")] = None,
     receipts: Annotated[Optional[str], typer.Option("--receipts", help="Delivery receipts: delay (default: each after its own random delay), next (with your next message) or off.")] = None,
     receipt_delay: Annotated[Optional[float], typer.Option("--receipt-delay", min=0, help="Mean seconds a receipt or other automatic message waits. Default 30 (receipts), 5 (others).")] = None,
+    reconnect_jitter: Annotated[Optional[float], typer.Option("--reconnect-jitter", help="Seconds over which dropped links reopen, each at its own random time. Default: --link-spread.")] = None,
+    send_delay: Annotated[float, typer.Option("--send-delay", help="Mean seconds of a random (exponential) delay before each message you send leaves. Default 0 (off).")] = 0.0,
+    cover_rate: Annotated[float, typer.Option("--cover-rate", help="Cover messages per minute on each contact's queue, indistinguishable on the wire. Default 0 (off).")] = 0.0,
+    cover_mode: Annotated[str, typer.Option("--cover-mode", help="Cover schedule: poisson (default) or constant.")] = "poisson",
+    batch: Annotated[float, typer.Option("--batch", help="Hold outgoing messages and send them together at the end of each window of this many seconds. Default 0 (off).")] = 0.0,
 ):
     """Keep the client running: stay connected, serve the local API on HOME/daemon.sock (docs/api.md)."""
     from . import api
@@ -712,6 +722,7 @@ def daemon(
     _options.receipt_delay = receipt_delay if receipt_delay is not None else _options.receipt_delay
     if _options.receipts is not None and _options.receipts not in RECEIPT_MODES:
         raise UserError(f"--receipts must be one of {', '.join(RECEIPT_MODES)}")
+    _options.defences = _defences(reconnect_jitter, send_delay, cover_rate, cover_mode, batch)
     path = _home(home)
     if not (path / "onionpost.db").exists():
         raise UserError(f"no onionpost data in {path}: create a profile first with 'onionpost profile create NAME'")
@@ -751,6 +762,21 @@ def daemon(
     except api.ApiError as exc:
         _fail(exc)
     print("onionpost daemon stopped", flush=True)
+
+
+def _defences(reconnect_jitter: float | None, send_delay: float, cover_rate: float, cover_mode: str, batch: float) -> dict:
+    """The daemon's defence options as TimingPolicy fields, each checked with the flag's name in the error."""
+    from .timing import COVER_MODES, MAX_COVER_RATE
+
+    for flag, value in (("--reconnect-jitter", reconnect_jitter), ("--send-delay", send_delay), ("--batch", batch)):
+        if value is not None and not 0 <= value <= 86400:
+            raise UserError(f"{flag} must be between 0 and 86400 seconds, not {value:g}")
+    if not 0 <= cover_rate <= MAX_COVER_RATE:
+        raise UserError(f"--cover-rate must be between 0 and {MAX_COVER_RATE:g} per minute, not {cover_rate:g}")
+    if cover_mode not in COVER_MODES:
+        raise UserError(f"--cover-mode must be one of {', '.join(COVER_MODES)}, not {cover_mode!r}")
+    return {"reconnect_jitter": reconnect_jitter, "send_delay": send_delay, "cover_rate": cover_rate,
+            "cover_mode": cover_mode, "batch": batch}
 
 
 def _print_tasks() -> None:

@@ -31,6 +31,8 @@ HELD = 9e15
 TRANSIENT = (LinkClosed, RelayError, NoRelayError, OSError, asyncio.TimeoutError)
 SETTLE = 0.5
 """Seconds of quiet after which ``receive`` takes it that nothing more is waiting."""
+COVER_CHECK = 5.0
+"""Seconds between looks for new contacts that need cover traffic."""
 FINAL_CODES = ("NO_QUEUE",)
 """Relay answers that no retry can change: the queue is gone."""
 
@@ -176,6 +178,7 @@ class QueueRunner:
             if row.contact_id not in self._retry_at:
                 self._retry_at[row.contact_id] = (now + self.timing.open_delay(urgent=True), FIRST_BACKOFF)
         sender = asyncio.create_task(self._send_loop())
+        cover = asyncio.create_task(self._cover_loop()) if self.timing.cover_rate > 0 else None
         try:
             with self._working():
                 self._watch_all()
@@ -189,8 +192,10 @@ class QueueRunner:
                     self._watch_all()  # handling may have created or replaced queues
                 self._wake_sender()
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            for task in (sender, cover):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (sender, cover) if t is not None), return_exceptions=True)
             for task in self._keepers.values():
                 task.cancel()
             await asyncio.gather(*self._keepers.values(), return_exceptions=True)
@@ -210,6 +215,30 @@ class QueueRunner:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def _cover_loop(self, sleep=asyncio.sleep) -> None:
+        """Cover traffic (client/timing.py): each connected contact gets dummy messages on its own random schedule.
+
+        ``sleep`` is injected (tests pair it with a fake ``clock``)."""
+        next_at: dict[int, float] = {}
+        while not _stopping():
+            now = self.clock()
+            connected = self.store.connected_contacts()
+            for contact_id in list(next_at):
+                if contact_id not in connected:
+                    del next_at[contact_id]
+            for contact_id in connected:
+                if contact_id not in next_at:
+                    next_at[contact_id] = now + self.timing.cover_gap(first=True)
+                elif next_at[contact_id] <= now:
+                    if contact_id not in self._retry_at:  # its relay answers: no pile of cover in the outbox
+                        self._queue_cover(contact_id)
+                    # The schedule keeps its own rhythm, but a daemon that was asleep does not catch up in a burst.
+                    next_at[contact_id] = max(next_at[contact_id] + self.timing.cover_gap(), now)
+            self._wake_sender()
+            # New contacts are picked up within COVER_CHECK seconds.
+            wait = min([t - now for t in next_at.values()] + [COVER_CHECK])
+            await sleep(max(0.0, wait))
 
     async def _handle_safely(self, delivery: Delivery) -> None:
         try:
@@ -286,7 +315,7 @@ class QueueRunner:
                         self._first_attempts.discard(queue.rid)
             except TRANSIENT as exc:
                 self._relay_down(queue.relay, exc)
-                await asyncio.sleep(backoff + self.timing.open_delay())
+                await asyncio.sleep(backoff + self.timing.reopen_delay())
                 backoff = next_backoff(backoff)
                 continue
             backoff = FIRST_BACKOFF
@@ -301,7 +330,9 @@ class QueueRunner:
                 except TRANSIENT:
                     pass  # the old link stays; the next round subscribes again
                 continue
-            await asyncio.sleep(self.timing.open_delay())
+            # The link dropped (relay restart, network change): every queue's link dropped with it,
+            # so each reopens at its own random time, not all at once.
+            await asyncio.sleep(self.timing.reopen_delay())
 
     def _relay_down(self, relay: str, exc: BaseException) -> None:
         if relay not in self._relays_down:

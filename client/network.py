@@ -57,6 +57,10 @@ class Delivery:
 
 
 
+SHARED_TAG = "shared"
+"""With ``isolation="shared"`` (a lab baseline): the one tag of every command, queue creation included."""
+
+
 class NoRelayError(Exception):
     """None of our trusted relays could be used."""
 
@@ -94,6 +98,8 @@ class Network:
 
     def tag_of(self, queue: InboundQueue | OutboundQueue) -> str:
         """The isolation tag (circuit, socket) a queue's commands use."""
+        if self.isolation == "shared":
+            return SHARED_TAG
         if self.isolation == "profile":
             return "profile"
         if self.isolation == "contact":
@@ -157,12 +163,13 @@ class Network:
         """NEW on ``relay``; returns the queue with its keys (not yet secured)."""
         rpub, rsec = crypto.signing_keypair(self._rng)
         dpub, dsec = crypto.dh_keypair(self._rng)
-        tag = "new:" + self._rng(16).hex()
+        tag = SHARED_TAG if self.isolation == "shared" else "new:" + self._rng(16).hex()
         link = await self._link(relay.address, tag)
         try:
             ids = await link.request(New(rpub, dpub, relay.access_key), None, rsec)
         finally:
-            await self._drop(relay.address, tag)
+            if tag != SHARED_TAG:  # the shared link carries everything else too
+                await self._drop(relay.address, tag)
         assert isinstance(ids, QueueIds)
         return InboundQueue(relay.address, ids.rid, ids.snd, rsec, crypto.queue_secret(dsec, ids.dhkey))
 

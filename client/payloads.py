@@ -25,6 +25,7 @@ _KINDS = {
     "rcpt": {"seq": int},
     "qnew": {"relay": str, "snd": bytes, "skey": bytes},  # rotation: write to this queue from now on
     "qdone": {},  # rotation: the last message on the old queue
+    "cover": {},  # cover traffic (client/timing.py): the recipient drops it silently
 }
 VIA = frozenset({"qr-image", "link"})
 

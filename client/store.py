@@ -212,6 +212,11 @@ class ChatStore:
         )
         return [tuple(r) for r in rows]
 
+    def connected_contacts(self) -> list[int]:
+        rows = self.db.fetch_all("SELECT id FROM contacts WHERE profile_id = ? AND state = ? ORDER BY id",
+                                 (self.profile_id, ContactState.CONNECTED))
+        return [r[0] for r in rows]
+
     def queue_blobs(self, *, states: tuple[str, ...] | None = None) -> list[tuple[int, str, bytes | None, bytes | None, bytes | None]]:
         """(id, alias, inbound, next_inbound, outbound) of every contact (in ``states``)."""
         where, params = "profile_id = ?", [self.profile_id]
@@ -320,9 +325,11 @@ class ChatStore:
         )
         return [OutboxRow(*r) for r in rows]
 
-    def release_outbox(self, contact_id: int) -> None:
-        """Make a contact's delayed and held rows due now (they leave with the message queued next)."""
-        self.db.execute("UPDATE outbox SET not_before = 0 WHERE contact_id = ? AND not_before > 0", (contact_id,))
+    def release_outbox(self, contact_id: int, at: float = 0.0) -> None:
+        """Make a contact's automatic rows delayed past ``at`` (and held ones) due at ``at``: they leave with the
+        user message queued next (whose own time is ``at``)."""
+        self.db.execute("UPDATE outbox SET not_before = ? WHERE contact_id = ? AND automatic = 1 AND not_before > ?",
+                        (at, contact_id, at))
 
     def next_delayed(self, now: float, held: float) -> float | None:
         """The earliest ``not_before`` still in the future (held rows excluded)."""

@@ -25,6 +25,21 @@ them by timing alone. So every queue lives on its own random schedule:
   ``"off"`` sends none. Profile updates and rotation messages wait an
   exponential delay with mean ``automatic_delay``.
 
+Defences against traffic correlation, all off by default (docs/privacy.md
+measures each one's effect and cost; the lab's ``defences`` scenario sweeps them):
+
+- **reconnect jitter**: a link that dropped reopens after a delay uniform in
+  ``[0, reconnect_jitter)`` (None: the ``spread``; 0: at once).
+- **send delay**: each message the user sends waits an exponentially
+  distributed delay of mean ``send_delay`` before it may leave.
+- **cover traffic**: dummy messages (payload ``cover``, dropped silently by the
+  recipient) on each contact's queue, ``cover_rate`` per minute, as a Poisson
+  process (``cover_mode="poisson"``) or evenly spaced from a random phase
+  (``"constant"``).
+- **batching**: every outgoing message waits for the end of the current
+  ``batch``-second window of the wall clock (ends at multiples of ``batch``,
+  the same instants for every client), and they leave together.
+
 All draws use the injected ``random.Random`` (tests seed it). The costs in
 latency are measured in docs/privacy.md.
 """
@@ -34,7 +49,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
+import math
+
 RECEIPT_MODES = ("delay", "next", "off")
+COVER_MODES = ("poisson", "constant")
+MAX_COVER_RATE = 60.0
+"""Cover messages per minute per contact at most (each one is a full 15 KB block on the wire)."""
 
 
 @dataclass(frozen=True)
@@ -46,15 +66,29 @@ class TimingPolicy:
     receipts: str = "delay"
     receipt_delay: float = 30.0
     automatic_delay: float = 5.0
+    reconnect_jitter: float | None = None
+    """Seconds over which a dropped link reopens (None: ``spread``)."""
+    send_delay: float = 0.0
+    """Mean seconds (exponential) a user message waits before it may leave; 0: off."""
+    cover_rate: float = 0.0
+    """Cover messages per minute on each contact's queue; 0: none."""
+    cover_mode: str = "poisson"
+    batch: float = 0.0
+    """Seconds per batching window; 0: no batching."""
     rng: random.Random = field(default_factory=random.SystemRandom, compare=False, repr=False)
 
     def __post_init__(self):
         if self.receipts not in RECEIPT_MODES:
             raise ValueError(f"receipts must be one of {', '.join(RECEIPT_MODES)}, not {self.receipts!r}")
-        for name in ("spread", "link_lifetime", "receipt_delay", "automatic_delay"):
+        if self.cover_mode not in COVER_MODES:
+            raise ValueError(f"cover_mode must be one of {', '.join(COVER_MODES)}, not {self.cover_mode!r}")
+        for name in ("spread", "link_lifetime", "receipt_delay", "automatic_delay", "reconnect_jitter", "send_delay",
+                     "batch"):
             value = getattr(self, name)
-            if not 0 <= value <= 86400:
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 86400):
                 raise ValueError(f"{name} must be between 0 and 86400 seconds, not {value!r}")
+        if not (isinstance(self.cover_rate, (int, float)) and 0 <= self.cover_rate <= MAX_COVER_RATE):
+            raise ValueError(f"cover_rate must be between 0 and {MAX_COVER_RATE:g} per minute, not {self.cover_rate!r}")
 
     @classmethod
     def immediate(cls) -> TimingPolicy:
@@ -68,6 +102,31 @@ class TimingPolicy:
         """Seconds before a queue's link (re)opens."""
         spread = self.spread / 4 if urgent else self.spread
         return self.rng.uniform(0.0, spread) if spread > 0 else 0.0
+
+    def reopen_delay(self) -> float:
+        """Seconds before a dropped link reopens (each queue its own draw)."""
+        jitter = self.spread if self.reconnect_jitter is None else self.reconnect_jitter
+        return self.rng.uniform(0.0, jitter) if jitter > 0 else 0.0
+
+    def send_wait(self) -> float:
+        """Seconds a message the user sends waits before it may leave."""
+        return self.rng.expovariate(1.0 / self.send_delay) if self.send_delay > 0 else 0.0
+
+    def cover_gap(self, *, first: bool = False) -> float | None:
+        """Seconds until a contact's next cover message (None: no cover). The first gap of a
+        constant-rate stream is a random phase in ``[0, period)``."""
+        if self.cover_rate <= 0:
+            return None
+        period = 60.0 / self.cover_rate
+        if self.cover_mode == "constant":
+            return self.rng.uniform(0.0, period) if first else period
+        return self.rng.expovariate(1.0 / period)
+
+    def release_at(self, ready: float) -> float:
+        """When a message ready at ``ready`` (wall clock) may leave: with batching, the next window end."""
+        if self.batch <= 0:
+            return ready
+        return math.floor(ready / self.batch + 1) * self.batch
 
     def send_link_idle(self) -> float | None:
         """Seconds a link used only for sending stays open after a send: exponential, mean ``link_lifetime / 6``."""

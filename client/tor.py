@@ -9,7 +9,10 @@ Isolation modes (``--isolation``), from most to least private:
 | ``queue`` (default) | one-directional queue | one onion rendezvous (~6 hops) per queue: on the real network ~5 s median to open, more memory in tor |
 | ``contact`` | contact (its two queues share) | half the circuits; a relay that hosts both queues of a contact can link them by circuit |
 | ``profile`` | profile | fewest circuits; a relay can link all of a profile's queues on it |
+| ``shared`` (lab only) | everything: every profile, every queue, new queues too | a baseline for the correlation lab: a relay links everything; refused unless ``--testnet`` or ``ONIONPOST_LAB=1`` |
 """
+
+import os
 
 import asyncio
 import threading
@@ -22,7 +25,18 @@ from onionpost.torconfig.launch import TorProcess, start_tor
 from onionpost.torconfig.progress import print_progress
 from onionpost.transport.tor import TorConnector
 
-ISOLATION_MODES = ("queue", "contact", "profile")
+ISOLATION_MODES = ("queue", "contact", "profile", "shared")
+LAB_ISOLATION_MODES = ("shared",)
+LAB_ENV = "ONIONPOST_LAB"
+
+
+def check_isolation(mode: str, *, testnet: bool) -> None:
+    """Refuse an unknown mode, and a lab-only mode outside a private network or the lab."""
+    if mode not in ISOLATION_MODES:
+        raise ValueError(f"--isolation must be one of {', '.join(ISOLATION_MODES)}, not {mode!r}")
+    if mode in LAB_ISOLATION_MODES and not testnet and os.environ.get(LAB_ENV) != "1":
+        raise ValueError(f"--isolation {mode} puts all your queues on one circuit, so a relay links them all: it is a "
+                         f"lab baseline, allowed only with --testnet or {LAB_ENV}=1")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ likely linked; a pair a signal has no data for scores 0):
   needs one coincidence, not a habit;
 - ``co_closing`` / ``co_closing_window``: the same over the close times of the
   sessions that carried each queue;
+- ``co_session``: Jaccard overlap of the sets of sessions in which each queue
+  was read (SUB, ACK, GET...): socket-level linkage, what per-queue links and
+  circuits defeat and ``--isolation shared`` gives away;
 - ``online_overlap``: Jaccard overlap of the time each queue was carried by an
   open session;
 - ``ack_send``: the share of one queue's ACKs followed within ``receipt_window``
@@ -240,6 +243,17 @@ def co_closing_window(pr: Pairs, delta: float = 0.1) -> np.ndarray:
     return _nearest(pr, [q.closes for q in pr.queues], delta)
 
 
+def co_session(pr: Pairs) -> np.ndarray:
+    """Jaccard overlap of the sessions that carried each queue's reader commands."""
+    index = {s: k for k, s in enumerate(sorted({s for q in pr.queues for s in q.read_sessions}))}
+    member = np.zeros((len(pr.queues), max(1, len(index))), dtype=np.float32)
+    for row, q in enumerate(pr.queues):
+        member[row, [index[s] for s in q.read_sessions]] = 1.0
+    inter = (member @ member.T).astype(float)[pr.i, pr.j]  # queues x queues: shared sessions
+    sizes = member.sum(axis=1).astype(float)
+    return _ratio(inter, sizes[pr.i] + sizes[pr.j] - inter)
+
+
 def online_overlap(pr: Pairs) -> np.ndarray:
     """Jaccard overlap of the time each queue had an open session carrying it."""
     intervals = [q.intervals for q in pr.queues]
@@ -269,6 +283,7 @@ SIGNALS: dict[str, Callable[..., np.ndarray]] = {
     "co_subscription_window": co_subscription_window,
     "co_closing": co_closing,
     "co_closing_window": co_closing_window,
+    "co_session": co_session,
     "online_overlap": online_overlap,
     "ack_send": ack_send,
     "send_send": send_send,
@@ -283,6 +298,7 @@ def score_all(pr: Pairs, *, delta: float = 0.1, receipt_window: float = 0.5,
         "co_subscription_window": co_subscription_window(pr, delta),
         "co_closing": co_closing(pr, delta),
         "co_closing_window": co_closing_window(pr, delta),
+        "co_session": co_session(pr),
         "online_overlap": online_overlap(pr),
         "ack_send": ack_send(pr, receipt_window),
         "send_send": send_send(pr, reply_window),

@@ -81,7 +81,8 @@ class Person:
         log = open(self.log, "a")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "onionpost", "daemon", "--home", str(self.home), *self.daemon_args],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=dict(os.environ, ONIONPOST_PASSWORD=PASSWORD),
+            stdout=subprocess.PIPE, stderr=log, text=True,
+            env=dict(os.environ, ONIONPOST_PASSWORD=PASSWORD, ONIONPOST_LAB="1"),  # the lab may use --isolation shared
         )
         log.close()
 

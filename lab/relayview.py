@@ -83,6 +83,8 @@ class QueueActivity:
     send_forwarded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     msgs: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sessions: tuple[int, ...] = ()
+    read_sessions: tuple[int, ...] = ()
+    """Sessions that carried the queue's reader commands (every queue command but SEND)."""
     intervals: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     closes: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
@@ -305,6 +307,7 @@ def load(trace: Trace,
     forwarded: dict[str, list[tuple[float, bool]]] = {}
     msgs: dict[str, list[float]] = {}
     carried: dict[str, set[int]] = {}
+    read_in: dict[str, set[int]] = {}
 
     # A SEND names the snd: it is filed under the queue's rid when the two are
     # joined, else under the snd itself (a queue the relay cannot join).
@@ -348,6 +351,8 @@ def load(trace: Trace,
                 forwarded.setdefault(key, []).append((e["t"], e["via"] == "forward"))
             if e["via"] == "direct":
                 carried.setdefault(key, set()).add(session)
+                if e["cmd"] != "SEND":
+                    read_in.setdefault(key, set()).add(session)
 
     sessions = {
         s: SessionSpan(s, opened.get(s, start), closed.get(s))
@@ -373,6 +378,7 @@ def load(trace: Trace,
             send_forwarded=np.asarray([f for _, f in sends], dtype=bool),
             msgs=np.sort(np.asarray(msgs.get(key, []), dtype=float)),
             sessions=tuple(sp.session for sp in spans),
+            read_sessions=tuple(sorted(read_in.get(key, ()))),
             intervals=_merge([(sp.open, end if sp.close is None else sp.close) for sp in spans]),
             closes=np.sort(np.asarray([sp.close for sp in spans if sp.close is not None], dtype=float)),
         )

@@ -5,12 +5,15 @@
     python3 scripts/bench.py                  # full run, under 20 minutes (Tor included)
     python3 scripts/bench.py --quick --tor    # quick, plus the Tor workload
     python3 scripts/bench.py --only relay,crypto
+    python3 scripts/bench.py --only defences  # opt-in, ~30 minutes: each defence against the linkage attack
 
 Workloads (bench/ modules): relay (throughput and CPU per message vs a raw
 aiohttp relay), prosody (the same workload through Prosody), scale (memory per
 queue, client and subscription; restart time), tor (latency over a private Tor
 network), crypto (client-side crypto), daemon (the client daemon: CLI send vs
-one-shot, an idle daemon with 50 contacts; its Tor figures only when Tor runs).
+one-shot, an idle daemon with 50 contacts; its Tor figures only when Tor runs),
+defences (opt-in, only with --only: the traffic-correlation defences' AUC
+against a relay operator and their cost, docs/privacy.md).
 Results go to a JSON file and a
 Markdown table (``--out DIR``, default ./bench-results) and the table is
 printed at the end. Figures are measurements, never pass/fail: the exit status
@@ -35,10 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the workloads in bench/ are not installed; onionpost itself is
 
-from bench import crypto, daemon, prosody, relay, report, scale, tor  # noqa: E402
+from bench import crypto, daemon, defences, prosody, relay, report, scale, tor  # noqa: E402
 from bench.common import Result, Skipped  # noqa: E402
 
-WORKLOADS = {"relay": relay, "prosody": prosody, "scale": scale, "tor": tor, "crypto": crypto, "daemon": daemon}
+WORKLOADS = {"relay": relay, "prosody": prosody, "scale": scale, "tor": tor, "crypto": crypto, "daemon": daemon,
+             "defences": defences}
+OPT_IN = ("defences",)
+"""Workloads that run only when named with --only (they take long)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, data) and print its path")
     args = parser.parse_args(argv)
 
-    names = list(WORKLOADS)
+    names = [n for n in WORKLOADS if n not in OPT_IN]
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in WORKLOADS]

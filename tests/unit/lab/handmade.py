@@ -74,6 +74,8 @@ EXPECTED = {
     # (q4's forwarded SEND does not make session 9 carry it).
     "co_closing": [1, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1],
     "co_closing_window": [1, 1, _near(0.05), 1, _near(0.05), _near(0.05)],
+    # Sessions reading each queue: q1 {1}, q2 {2}, q3 {1}, q4 {3} (SENDs do not count).
+    "co_session": [0, 1, 0, 0, 0, 0],
     # q1, q2, q3 carried over [0, 100]; q4 over [10, 100.05].
     "online_overlap": [1, 1, 90 / 100.05, 1, 90 / 100.05, 90 / 100.05],
     # The one ACK (q1 @20.1) is followed by q2's SEND @20.3.

@@ -171,12 +171,13 @@ MATCHING = [
     ("co_subscription_window", "same_person"),
     ("co_closing", "same_person"),
     ("co_closing_window", "same_person"),
+    ("co_session", "same_person"),
     ("co_closing", "same_conversation"),
     ("ack_send", "same_conversation"),
     ("send_send", "same_conversation"),
 ]
 # Built in for neither question: SUB instants and ACK->receipt say nothing of the other.
-UNRELATED = [("co_subscription", "same_conversation"), ("ack_send", "same_person")]
+UNRELATED = [("co_subscription", "same_conversation"), ("ack_send", "same_person"), ("co_session", "same_conversation")]
 
 
 @pytest.fixture(scope="module")
