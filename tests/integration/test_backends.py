@@ -1,0 +1,246 @@
+"""Several backends of one node on one PostgreSQL database (issue 14): any backend serves any queue.
+
+Each backend here is its own ``node run`` process on its own port, with a copy
+of the first one's data directory (the same identity.key and store URL), as a
+backend on another machine would be; ``--workers`` is tested at the end.
+"""
+
+import asyncio
+import json
+import random
+import shutil
+import time
+
+import pytest
+
+from onionpost.proto import Ack, Get, Message, NoMessage, Ok, Send, Subscribe, SubscriptionEnded, parse_node_address
+from onionpost.proto import delivery
+from onionpost.transport import LinkClosed, RelayLink
+from tests.integration.conftest import finish
+from tests.integration.relay_helpers import NodeProcess, new_queue, run_cli
+from tests.pg_helpers import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+MESSAGES = 1000
+BATCH = 50
+
+
+class Inbox:
+    """A subscriber that ACKs every pushed message and keeps the bodies, in push order."""
+
+    def __init__(self, queue):
+        self.queue = queue
+        self.bodies: list[bytes] = []
+        self.ended = asyncio.Event()
+        self.pushed = asyncio.Event()
+        self.link: RelayLink | None = None
+        self._acks: set[asyncio.Task] = set()
+
+    def __call__(self, queue_id, response) -> None:
+        if isinstance(response, SubscriptionEnded):
+            self.ended.set()
+        elif isinstance(response, Message):
+            self.bodies.append(delivery.open_message(self.queue.queue_key, response.box)[1])
+            self.pushed.set()
+            task = asyncio.get_running_loop().create_task(self.link.request(Ack(mid=response.mid), self.queue.rid, self.queue.rsecret))
+            self._acks.add(task)
+            task.add_done_callback(self._acked)
+
+    def _acked(self, task: asyncio.Task) -> None:
+        self._acks.discard(task)
+        if not task.cancelled() and task.exception() is None:
+            assert isinstance(task.result(), Ok), task.result()
+
+    async def wait_for(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.bodies) < count:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{len(self.bodies)} of {count} messages pushed in {timeout} s"
+            self.pushed.clear()
+            try:
+                await asyncio.wait_for(self.pushed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+
+def add_backend(first: NodeProcess, name: str) -> NodeProcess:
+    """Another backend of ``first``'s node: a copy of its data directory listening on another port."""
+    directory = first.data_dir.parent / name
+    shutil.copytree(first.data_dir, directory, ignore=shutil.ignore_patterns("status.json", "*.log"))
+    config_path = directory / "node.json"
+    config = json.loads(config_path.read_text())
+    config["listen"]["port"] = free_port()
+    config_path.write_text(json.dumps(config))
+    backend = NodeProcess(directory)
+    backend.address = parse_node_address(run_cli("address", "--data", str(directory)).stdout.strip())
+    return backend
+
+
+@pytest.fixture
+def two_backends(tmp_path, pg_cluster):
+    first = NodeProcess.create(tmp_path / "backend1", store=pg_cluster.url(f"backends{random.getrandbits(48)}"),
+                               quota=100_000)
+    second = add_backend(first, "backend2")
+    started = []
+    try:
+        for backend in (first, second):
+            backend.start()
+            started.append(backend)
+        yield first, second
+    finally:
+        finish(started)
+
+
+async def test_send_on_one_backend_is_pushed_by_the_other_exactly_once_in_order(two_backends):
+    one, two = two_backends
+    assert one.address.key == two.address.key and one.address.port != two.address.port
+    sender = await RelayLink.connect(one.address)
+    q = await new_queue(sender, node=one)
+    inbox = Inbox(q)
+    inbox.link = await RelayLink.connect(two.address, on_push=inbox)
+    try:
+        assert isinstance(await inbox.link.request(Subscribe(), q.rid, q.rsecret), Ok)
+        started = time.monotonic()
+        for start in range(0, MESSAGES, BATCH):
+            commands = [(Send(body=b"%06d" % n), q.snd, q.ssecret) for n in range(start, start + BATCH)]
+            assert all(isinstance(a, Ok) for a in await sender.request_many(commands, timeout=30))
+        await inbox.wait_for(MESSAGES, timeout=60)
+        elapsed = time.monotonic() - started
+        assert inbox.bodies == [b"%06d" % n for n in range(MESSAGES)]
+        await asyncio.sleep(0.3)
+        assert len(inbox.bodies) == MESSAGES, "a message was pushed twice"
+        assert isinstance(await inbox.link.request(Get(), q.rid, q.rsecret), NoMessage)
+    finally:
+        await sender.close()
+        await inbox.link.close()
+    print(f"{MESSAGES} messages from backend 1 to a subscriber on backend 2 in {elapsed:.2f} s")
+
+
+async def test_one_push_is_heard_within_milliseconds(two_backends):
+    """Figures only (no timed assert): SEND-to-push delay when the subscriber is on the other backend, and on the same."""
+    one, two = two_backends
+    sender = await RelayLink.connect(one.address)
+    figures = {}
+    try:
+        for name, backend in (("other backend", two), ("same backend", one)):
+            q = await new_queue(sender, node=one)
+            inbox = Inbox(q)
+            inbox.link = await RelayLink.connect(backend.address, on_push=inbox)
+            try:
+                assert isinstance(await inbox.link.request(Subscribe(), q.rid, q.rsecret), Ok)
+                delays = []
+                for n in range(21):
+                    started = time.monotonic()
+                    assert isinstance(await sender.request(Send(body=b"ping %d" % n), q.snd, q.ssecret), Ok)
+                    await inbox.wait_for(n + 1, timeout=10)
+                    delays.append(time.monotonic() - started)
+                figures[name] = sorted(delays)
+            finally:
+                await inbox.link.close()
+    finally:
+        await sender.close()
+    for name, delays in figures.items():
+        print(f"SEND on backend 1, push on the {name}: median {delays[10] * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms")
+
+
+async def test_a_sub_moved_to_another_backend_ends_the_old_one(two_backends):
+    one, two = two_backends
+    old_inbox_link = await RelayLink.connect(two.address)
+    q = await new_queue(old_inbox_link, node=two)
+    await old_inbox_link.close()
+    old, new = Inbox(q), Inbox(q)
+    old.link = await RelayLink.connect(two.address, on_push=old)
+    new.link = await RelayLink.connect(one.address, on_push=new)
+    sender = await RelayLink.connect(two.address)
+    try:
+        assert isinstance(await old.link.request(Subscribe(), q.rid, q.rsecret), Ok)
+        assert isinstance(await sender.request(Send(body=b"to the old"), q.snd, q.ssecret), Ok)
+        await old.wait_for(1, timeout=10)
+        assert isinstance(await new.link.request(Subscribe(), q.rid, q.rsecret), Ok)
+        await asyncio.wait_for(old.ended.wait(), 10)
+        assert isinstance(await sender.request(Send(body=b"to the new"), q.snd, q.ssecret), Ok)
+        await new.wait_for(1, timeout=10)
+        assert new.bodies == [b"to the new"] and old.bodies == [b"to the old"]
+        assert not new.ended.is_set()
+        # And back: a SUB on backend 2 again ends the one on backend 1.
+        assert isinstance(await old.link.request(Subscribe(), q.rid, q.rsecret), Ok)
+        await asyncio.wait_for(new.ended.wait(), 10)
+    finally:
+        for link in (old.link, new.link, sender):
+            await link.close()
+
+
+async def test_a_backend_killed_mid_traffic_loses_nothing_confirmed(two_backends):
+    one, two = two_backends
+    setup = await RelayLink.connect(two.address)
+    q = await new_queue(setup, node=two)
+    await setup.close()
+    inbox = Inbox(q)
+    inbox.link = await RelayLink.connect(two.address, on_push=inbox)
+    assert isinstance(await inbox.link.request(Subscribe(), q.rid, q.rsecret), Ok)
+    confirmed: list[int] = []
+    attempted = 0
+    sender = await RelayLink.connect(one.address)
+    killer = asyncio.get_running_loop().call_later(random.Random(14).uniform(0.2, 0.6), one.kill)
+    try:
+        while True:
+            numbers = list(range(attempted, attempted + 16))
+            attempted += 16
+            answers = await sender.request_many([(Send(body=b"%06d" % n), q.snd, q.ssecret) for n in numbers], timeout=20)
+            for n, answer in zip(numbers, answers):
+                assert isinstance(answer, Ok), answer
+                confirmed.append(n)
+    except (LinkClosed, asyncio.TimeoutError):
+        pass
+    finally:
+        killer.cancel()
+        await sender.close()
+    assert confirmed, "backend 1 was killed before confirming anything"
+    # The sender carries on through backend 2.
+    sender = await RelayLink.connect(two.address)
+    try:
+        for n in range(attempted, attempted + 16):
+            assert isinstance(await sender.request(Send(body=b"%06d" % n), q.snd, q.ssecret), Ok)
+            confirmed.append(n)
+        attempted += 16
+        await inbox.wait_for(len(confirmed), timeout=30)
+        await asyncio.sleep(0.3)
+        received = [int(body) for body in inbox.bodies]
+        assert received == sorted(set(received)), "duplicates or reordering"
+        assert not set(confirmed) - set(received), "a confirmed message was lost"
+        assert set(received) <= set(range(attempted))
+    finally:
+        await sender.close()
+        await inbox.link.close()
+        one.start()  # the fixture stops both
+    print(f"attempted {attempted}, confirmed {len(confirmed)}, received {len(received)}")
+
+
+@pytest.mark.timeout(60)
+def test_a_backend_with_another_identity_refuses_to_start(tmp_path, pg_cluster):
+    url = pg_cluster.url(f"identity{random.getrandbits(48)}")
+    first = NodeProcess.create(tmp_path / "first", store=url)
+    result = run_cli("init", "--data", str(tmp_path / "other"), "--store", url)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the database postgresql://") and "belongs to another node" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "other").exists(), "nothing is written for a refused node"
+    # A data directory whose identity.key was replaced: `node run` refuses too.
+    impostor = add_backend(first, "impostor")
+    (impostor.data_dir / "identity.key").write_bytes(b"\x07" * 32)
+    run = run_cli("run", "--data", str(impostor.data_dir))
+    assert run.returncode == 1 and "belongs to another node" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_wrong_database_url_is_one_line(tmp_path):
+    for url, words in [
+        (f"postgresql://nobody@127.0.0.1:{free_port()}/none", "cannot reach the database"),
+        ("mysql://somewhere/db", "give a PostgreSQL URL"),
+        (f"postgresql://user:hunter2@127.0.0.1:{free_port()}/none", "user:***@"),
+    ]:
+        result = run_cli("init", "--data", str(tmp_path / "node"), "--store", url)
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "hunter2" not in result.stderr, result.stderr
+        assert not (tmp_path / "node").exists()
