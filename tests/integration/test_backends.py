@@ -10,15 +10,16 @@ import json
 import random
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
-from onionpost.proto import Ack, Get, Message, NoMessage, Ok, Send, Subscribe, SubscriptionEnded, parse_node_address
+from onionpost.proto import Ack, ErrorCode, Get, Message, NoMessage, Ok, Send, Subscribe, SubscriptionEnded, parse_node_address
 from onionpost.proto import delivery
-from onionpost.transport import LinkClosed, RelayLink
+from onionpost.transport import LinkClosed, RelayError, RelayLink
 from tests.integration.conftest import finish
 from tests.integration.relay_helpers import NodeProcess, new_queue, run_cli
-from tests.pg_helpers import free_port
+from tests.pg_helpers import PostgresCluster, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -244,3 +245,72 @@ def test_a_wrong_database_url_is_one_line(tmp_path):
         assert result.returncode == 1 and words in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "hunter2" not in result.stderr, result.stderr
         assert not (tmp_path / "node").exists()
+
+
+async def test_a_database_that_vanishes_gets_errors_never_a_false_ok(tmp_path):
+    """The database stops mid-run: SENDs are answered INTERNAL (never OK), the log says why in one line; when it is back, the node carries on."""
+    with PostgresCluster(fsync=False) as cluster:
+        node = NodeProcess.create(tmp_path / "node", store=cluster.url("vanishing")).start()
+        link = None
+        try:
+            link = await RelayLink.connect(node.address)
+            q = await new_queue(link, node=node)
+            assert isinstance(await link.request(Send(body=b"before"), q.snd, q.ssecret), Ok)
+            cluster.halt()
+            with pytest.raises(RelayError) as refused:
+                await link.request(Send(body=b"while away"), q.snd, q.ssecret)
+            assert refused.value.code == ErrorCode.INTERNAL
+            cluster.resume()
+            deadline = time.monotonic() + 30
+            while True:  # the first command after the restart may still meet the broken connection
+                try:
+                    assert isinstance(await link.request(Send(body=b"after"), q.snd, q.ssecret), Ok)
+                    break
+                except RelayError as exc:
+                    assert exc.code == ErrorCode.INTERNAL and time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+            bodies = []
+            while isinstance(got := await link.request(Get(), q.rid, q.rsecret), Message):
+                bodies.append(delivery.open_message(q.queue_key, got.box)[1])
+                assert isinstance(await link.request(Ack(mid=got.mid), q.rid, q.rsecret), Ok)
+            assert bodies == [b"before", b"after"]
+        finally:
+            if link is not None:
+                await link.close()
+            finish([node])
+        log = node.log_text()
+        assert "store transaction failed" in log and "postgresql://" in log, log[-2000:]
+
+
+async def test_workers_share_the_port_and_the_queues(tmp_path, pg_cluster):
+    """`node run --workers 2`: two processes on one port (SO_REUSEPORT); whichever serves whom, messages flow."""
+    node = NodeProcess.create(tmp_path / "node", store=pg_cluster.url(f"workers{random.getrandbits(48)}"))
+    node.start(args=("--workers", "2"))
+    links = []
+    try:
+        children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()
+        assert len(children) == 2, children
+        setup = await RelayLink.connect(node.address)
+        links.append(setup)
+        queues = [await new_queue(setup, node=node) for _ in range(8)]
+        inboxes = []
+        for q in queues:  # new connections, spread by the kernel over both workers
+            inbox = Inbox(q)
+            inbox.link = await RelayLink.connect(node.address, on_push=inbox)
+            links.append(inbox.link)
+            assert isinstance(await inbox.link.request(Subscribe(), q.rid, q.rsecret), Ok)
+            inboxes.append(inbox)
+        for n in range(5):
+            sender = await RelayLink.connect(node.address)
+            links.append(sender)
+            for q in queues:
+                assert isinstance(await sender.request(Send(body=b"%d" % n), q.snd, q.ssecret), Ok)
+        for inbox in inboxes:
+            await inbox.wait_for(5, timeout=20)
+            assert inbox.bodies == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        for link in links:
+            await link.close()
+        finish([node])
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists(), "a worker outlived the node"
