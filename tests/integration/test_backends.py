@@ -314,3 +314,11 @@ async def test_workers_share_the_port_and_the_queues(tmp_path, pg_cluster):
         finish([node])
     for pid in children:
         assert not Path(f"/proc/{pid}").exists(), "a worker outlived the node"
+
+
+@pytest.mark.timeout(60)
+def test_workers_need_the_postgresql_store(tmp_path):
+    assert run_cli("init", "--data", str(tmp_path / "node")).returncode == 0
+    result = run_cli("run", "--data", str(tmp_path / "node"), "--workers", "2")
+    assert result.returncode == 1 and "--workers needs a PostgreSQL store" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
