@@ -322,3 +322,26 @@ def test_workers_need_the_postgresql_store(tmp_path):
     result = run_cli("run", "--data", str(tmp_path / "node"), "--workers", "2")
     assert result.returncode == 1 and "--workers needs a PostgreSQL store" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_a_forwarded_envelope_is_spent_on_every_backend(two_backends):
+    """The envelope replay record is in the shared database: replayed to another backend, it is refused."""
+    from onionpost.proto import Error, RelayForward, forward
+
+    one, two = two_backends
+    client1 = await RelayLink.connect(one.address)
+    client2 = await RelayLink.connect(two.address)
+    try:
+        q = await new_queue(client1, node=one)
+        envelope, response_key = forward.seal_send(one.address.key, q.snd, Send(body=b"once"), q.ssecret, int(time.time()))
+        first = forward.open_response(response_key, (await client1.request(RelayForward(env=envelope))).env)
+        assert isinstance(first, Ok)
+        again = forward.open_response(response_key, (await client2.request(RelayForward(env=envelope))).env)
+        assert isinstance(again, Error) and again.code == ErrorCode.ENVELOPE.value
+        got = await client2.request(Get(), q.rid, q.rsecret)
+        assert delivery.open_message(q.queue_key, got.box)[1] == b"once"
+        assert isinstance(await client2.request(Ack(mid=got.mid), q.rid, q.rsecret), Ok)
+        assert isinstance(await client1.request(Get(), q.rid, q.rsecret), NoMessage)
+    finally:
+        await client1.close()
+        await client2.close()
