@@ -45,9 +45,22 @@ class ClusterSubscriptions(Subscriptions):
         self._counter = itertools.count(1)
         self._tokens: dict[bytes, list] = {}
         """rid -> [token of our last SUB, whether its announcement came back]."""
+        self.missed: set[bytes] = set()
+        """Queues another backend stored a message in while ours had one in flight."""
+        self.on_idle: Callable[[bytes], None] = lambda rid: None
+        """Called when such a queue has nothing in flight any more: its oldest message may wait for a push."""
+        self._changes: dict[bytes, int] = {}
+        """rid -> a count of the subscription's changes (SUB, push, ACK): a read older than a change is stale."""
+
+    def generation(self, rid: bytes) -> int:
+        return self._changes.get(rid, 0)
+
+    def _changed(self, rid: bytes) -> None:
+        self._changes[rid] = self._changes.get(rid, 0) + 1
 
     def subscribe(self, rid: bytes, session: Hashable, message: Message | None):
         previous = super().subscribe(rid, session, message)
+        self._changed(rid)
         token = str(next(self._counter))
         self._tokens[rid] = [token, False]
         self.announce(rid, token)
@@ -55,12 +68,29 @@ class ClusterSubscriptions(Subscriptions):
 
     def unsubscribe(self, rid: bytes):
         self._tokens.pop(rid, None)
+        self._changed(rid)
+        self.missed.discard(rid)
         return super().unsubscribe(rid)
 
     def drop_session(self, session: Hashable) -> None:
         for rid in self._by_session.get(session, ()):
             self._tokens.pop(rid, None)
+            self._changed(rid)
+            self.missed.discard(rid)
         super().drop_session(session)
+
+    def acked(self, rid: bytes, mid: bytes, ok: bool, next_message: Message | None):
+        """As ``Subscriptions.acked``; and if a message stored elsewhere was heard meanwhile, look for it now.
+
+        (The ACK's transaction may have read the queue before that message was
+        committed, and its announcement came while the acknowledged one was in flight.)
+        """
+        target = super().acked(rid, mid, ok, next_message)
+        self._changed(rid)
+        if rid in self.missed and self.waiting(rid):
+            self.missed.discard(rid)
+            self.on_idle(rid)
+        return target
 
     def announced(self, rid: bytes, origin: str, token: str):
         """A SUB announcement was heard: the local subscriber it ends (it must get END), or None."""
@@ -70,10 +100,18 @@ class ClusterSubscriptions(Subscriptions):
         if origin == self.origin:
             if token == entry[0]:
                 entry[1] = True
+                if self.waiting(rid):  # a message stored elsewhere while the SUB read the queue was heard too early
+                    self.on_idle(rid)
             return None
         if not entry[1]:
             return None  # ours is still on its way back: it came later, it wins
         return self.unsubscribe(rid)
+
+    def arrived(self, rid: bytes, message: Message):
+        target = super().arrived(rid, message)
+        if target is not None:
+            self._changed(rid)
+        return target
 
     def waiting(self, rid: bytes) -> bool:
         """True if the queue's subscriber is here and has nothing in flight."""
@@ -91,11 +129,13 @@ class Cluster:
     def __init__(self, url: str, origin: str, oldest: Callable[[bytes], Awaitable[Message | None]]):
         self.url = url
         self.subscriptions = ClusterSubscriptions(origin, self._announce)
+        self.subscriptions.on_idle = self._look_again
         self.oldest = oldest
         """Reads a queue's oldest live message (through the committer)."""
         self._outbox: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
-        self.ready = asyncio.Event()
+        self._lookups: set[asyncio.Task] = set()
+        self._reading: set[bytes] = set()
 
     @property
     def origin(self) -> str:
@@ -117,13 +157,12 @@ class Cluster:
         conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
         await conn.execute(f"LISTEN {ARRIVED_CHANNEL}")
         await conn.execute(f"LISTEN {SUBSCRIBED_CHANNEL}")
-        self.ready.set()
         return conn
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._lookups]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._lookups]:
             try:
                 await task
             except (asyncio.CancelledError, Exception):
@@ -184,16 +223,39 @@ class Cluster:
         except ValueError:
             log.error("ignored a malformed notification on %s", channel)
 
+    def _look_again(self, rid: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._arrived(rid))
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+
     async def _arrived(self, rid: bytes) -> None:
-        """Another backend stored a message: push the queue's oldest if we hold its subscriber and nothing is in flight."""
-        if not self.subscriptions.waiting(rid):
+        """Another backend stored a message: push the queue's oldest if we hold its subscriber and nothing is in flight.
+
+        One read per queue at a time; a read during which the subscription changed
+        (a push, an ACK) may be stale (an acknowledged message) and is done again.
+        """
+        subs = self.subscriptions
+        if not subs.waiting(rid) or rid in self._reading:
+            if subs.subscriber(rid) is not None:
+                subs.missed.add(rid)  # looked at again when the one in flight is acknowledged, or the read ends
             return
-        message = await self.oldest(rid)
-        if message is None:
-            return
-        target = self.subscriptions.arrived(rid, message)
-        if target is not None:
-            target.push(rid, message)
+        generation = subs.generation(rid)
+        self._reading.add(rid)
+        try:
+            message = await self.oldest(rid)
+        finally:
+            self._reading.discard(rid)
+        if subs.generation(rid) != generation:
+            message = None
+            if subs.waiting(rid):
+                subs.missed.add(rid)
+        if message is not None:
+            target = subs.arrived(rid, message)
+            if target is not None:
+                target.push(rid, message)
+        if rid in subs.missed and subs.waiting(rid):
+            subs.missed.discard(rid)
+            self._look_again(rid)
 
 
 def _reason(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ class Inbox:
         self.bodies: list[bytes] = []
         self.ended = asyncio.Event()
         self.pushed = asyncio.Event()
+        self.acked = 0
         self.link: RelayLink | None = None
         self._acks: set[asyncio.Task] = set()
 
@@ -52,6 +53,13 @@ class Inbox:
         self._acks.discard(task)
         if not task.cancelled() and task.exception() is None:
             assert isinstance(task.result(), Ok), task.result()
+            self.acked += 1
+
+    async def all_acked(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.acked < len(self.bodies):
+            assert time.monotonic() < deadline, f"{self.acked} of {len(self.bodies)} pushes acknowledged in {timeout} s"
+            await asyncio.sleep(0.01)
 
     async def wait_for(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -158,6 +166,7 @@ async def test_a_sub_moved_to_another_backend_ends_the_old_one(two_backends):
         assert isinstance(await old.link.request(Subscribe(), q.rid, q.rsecret), Ok)
         assert isinstance(await sender.request(Send(body=b"to the old"), q.snd, q.ssecret), Ok)
         await old.wait_for(1, timeout=10)
+        await old.all_acked()  # else the new subscriber rightly gets it again
         assert isinstance(await new.link.request(Subscribe(), q.rid, q.rsecret), Ok)
         await asyncio.wait_for(old.ended.wait(), 10)
         assert isinstance(await sender.request(Send(body=b"to the new"), q.snd, q.ssecret), Ok)

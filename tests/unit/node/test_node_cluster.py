@@ -59,3 +59,27 @@ def test_a_dropped_session_forgets_its_announcements():
     b.subs.subscribe(RID, "session-b", None)
     deliver(b.sent, a, b)
     assert a.ended == [] and a.subs.subscriber(RID) is None
+
+
+def test_a_message_heard_while_one_was_in_flight_is_looked_for_after_the_ack():
+    from onionpost.proto import Message
+
+    a = Backend("a")
+    idle: list[bytes] = []
+    a.subs.on_idle = idle.append
+    in_flight = Message(mid=b"m" * 16, box=b"box")
+    a.subs.subscribe(RID, "session-a", in_flight)
+    deliver(a.sent, a)
+    assert idle == []  # something is in flight: nothing to look for
+    a.subs.missed.add(RID)  # another backend stored a message meanwhile
+    assert a.subs.acked(RID, in_flight.mid, True, None) is None  # the ACK's read came before that commit
+    assert idle == [RID] and RID not in a.subs.missed
+
+
+def test_our_own_sub_coming_back_with_nothing_in_flight_looks_again():
+    a = Backend("a")
+    idle: list[bytes] = []
+    a.subs.on_idle = idle.append
+    a.subs.subscribe(RID, "session-a", None)
+    deliver(a.sent, a)
+    assert idle == [RID]
