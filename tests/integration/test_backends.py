@@ -7,7 +7,10 @@ backend on another machine would be; ``--workers`` is tested at the end.
 
 import asyncio
 import json
+import os
 import random
+import re
+import signal
 import shutil
 import time
 from pathlib import Path
@@ -354,3 +357,35 @@ async def test_a_forwarded_envelope_is_spent_on_every_backend(two_backends):
     finally:
         await client1.close()
         await client2.close()
+
+
+def worker_pids(node: NodeProcess) -> list[str]:
+    return Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()
+
+
+async def test_a_crashed_worker_is_started_again(tmp_path, pg_cluster):
+    from onionpost.node.workers import MIN_UPTIME
+
+    node = NodeProcess.create(tmp_path / "node", store=pg_cluster.url(f"restart{random.getrandbits(48)}"))
+    node.start(args=("--workers", "2"))
+    started = time.monotonic()
+    try:
+        before = worker_pids(node)
+        assert len(before) == 2
+        await asyncio.sleep(max(0.0, MIN_UPTIME + 0.5 - (time.monotonic() - started)))  # a crash at start stops the node instead
+        os.kill(int(before[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(after := worker_pids(node)) != 2 or before[0] in after:
+            assert time.monotonic() < deadline and node.proc.poll() is None, f"workers now: {after}"
+            await asyncio.sleep(0.05)
+        assert before[1] in after, "the other worker kept serving"
+        for _ in range(4):  # new connections, to either worker
+            link = await RelayLink.connect(node.address)
+            try:
+                q = await new_queue(link, node=node)
+                assert isinstance(await link.request(Send(body=b"x"), q.snd, q.ssecret), Ok)
+            finally:
+                await link.close()
+    finally:
+        finish([node])
+    assert re.search(r"worker \d exited \(signal 9\); starting it again", node.log_text()), node.log_text()[-1000:]
