@@ -136,6 +136,8 @@ class Cluster:
         self._tasks: list[asyncio.Task] = []
         self._lookups: set[asyncio.Task] = set()
         self._reading: set[bytes] = set()
+        self._listener = None
+        self._announcer = None
 
     @property
     def origin(self) -> str:
@@ -174,14 +176,20 @@ class Cluster:
 
     async def _send_announcements(self, psycopg) -> None:
         """One connection sends the SUB announcements, in the order of the SUBs."""
-        conn = None
+        try:
+            await self._announce_loop(psycopg)
+        finally:
+            if self._announcer is not None:
+                await self._announcer.close()
+
+    async def _announce_loop(self, psycopg) -> None:
         while True:
             payload = await self._outbox.get()
             for delay in (*RECONNECT_DELAYS, None):
                 try:
-                    if conn is None or conn.closed or conn.broken:
-                        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
-                    await conn.execute("SELECT pg_notify(%s, %s)", (SUBSCRIBED_CHANNEL, payload))
+                    if self._announcer is None or self._announcer.closed or self._announcer.broken:
+                        self._announcer = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
+                    await self._announcer.execute("SELECT pg_notify(%s, %s)", (SUBSCRIBED_CHANNEL, payload))
                     break
                 except psycopg.Error as exc:
                     if delay is None:
@@ -190,31 +198,44 @@ class Cluster:
                     await asyncio.sleep(delay)
 
     async def _listen(self, psycopg, conn) -> None:
+        try:
+            await self._listen_loop(psycopg, conn)
+        finally:
+            if self._listener is not None:
+                await self._listener.close()
+
+    async def _listen_loop(self, psycopg, conn) -> None:
+        self._listener = conn
         attempt = 0
         while True:
             try:
                 if conn is None:
-                    conn = await self._connect(psycopg)
+                    conn = self._listener = await self._connect(psycopg)
                     log.info("listening to the other backends again (%s)", display_url(self.url))
                     attempt = 0
                     for rid in self.subscriptions.idle():
-                        await self._arrived(rid)
+                        self._look_again(rid)
                 async for note in conn.notifies():
-                    await self._heard(note.channel, note.payload)
+                    self._heard(note.channel, note.payload)
             except psycopg.Error as exc:
                 if attempt == 0:
                     log.error("lost the database connection that hears the other backends: %s", _reason(exc))
                 with_delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
+                if conn is not None:
+                    await conn.close()
                 conn = None
                 await asyncio.sleep(with_delay)
 
-    async def _heard(self, channel: str, payload: str) -> None:
+    def _heard(self, channel: str, payload: str) -> None:
+        """Handle one notification; reads of queues go on in their own tasks, so the next notification is not held up."""
         parts = payload.split(" ")
         try:
             if channel == ARRIVED_CHANNEL and len(parts) == 2:
                 if parts[0] != self.origin:
-                    await self._arrived(bytes.fromhex(parts[1]))
+                    rid = bytes.fromhex(parts[1])
+                    if self.subscriptions.subscriber(rid) is not None:
+                        self._look_again(rid)
             elif channel == SUBSCRIBED_CHANNEL and len(parts) == 3:
                 rid = bytes.fromhex(parts[2])
                 ended = self.subscriptions.announced(rid, parts[0], parts[1])
