@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import NodeProcess, Result, Row, Skipped, ratio, tree_cpu_seconds
+from .common import NodeProcess, Result, Row, Skipped, ratio, rss_bytes, settle_rss, tree_cpu_seconds
 from .relay import run_load
 
 
@@ -52,6 +52,14 @@ def run(quick: bool, workdir: Path) -> Result:
                 figures[name, k] = run_load("node", node.address, node.pid, k, seconds, pool, workdir, cpu_of=cpu_of)
             node.check_log()
             node.stop()
+        restart = _restart_with_queues(nodes[1], cluster, "bench1", 100_000 if quick else 1_000_000)
+        result.details["restart"] = restart
+        result.rows.append(Row(
+            "stores", f"PostgreSQL: restart with {restart['queues']:,} queues (spawn→listening)", restart["restart_s"],
+            restart["empty_s"], "same node, empty store", "s", ratio(restart["restart_s"], restart["empty_s"]),
+            note=f"node RSS {restart['rss_mib']:.0f} MiB (empty: {restart['empty_rss_mib']:.0f} MiB); queues table + indexes "
+                 f"{restart['bytes_per_queue']:.0f} B/queue on disk",
+        ))
         for k in ks:
             one = figures["PostgreSQL, 1 backend", k]["msgs_per_s"]
             sqlite = figures["SQLite, 1 process", k]
@@ -76,3 +84,31 @@ def run(quick: bool, workdir: Path) -> Result:
             node.stop()
         cluster.stop()
     return result
+
+
+def _restart_with_queues(node: NodeProcess, cluster, database: str, count: int) -> dict:
+    """Start ``node`` (stopped) on its store as it is, then with ``count`` more queues: time to listening, RSS, disk per queue.
+
+    Nothing is loaded at startup on either store; this shows what the database adds (connection, schema check).
+    """
+    import psycopg
+
+    node.start()
+    empty_s, empty_rss = node.started_in, settle_rss(node.pid)
+    node.stop()
+    with psycopg.connect(cluster.url(database), autocommit=True) as db:
+        db.execute(
+            "INSERT INTO queues (rid, snd, rkey, skey, queue_key) SELECT substr(sha256(int8send(i)), 1, 24), "
+            "substr(sha256(int8send(-i)), 1, 24), sha256(int8send(i + 1)), sha256(int8send(i + 2)), sha256(int8send(i + 3)) "
+            "FROM generate_series(1, %s) AS i",
+            (count,),
+        )
+        db.execute("VACUUM ANALYZE queues")
+        total = db.execute("SELECT pg_total_relation_size('queues'), count(*) FROM queues").fetchone()
+    node.start()
+    try:
+        restart_s, rss = node.started_in, settle_rss(node.pid)
+    finally:
+        node.stop()
+    return {"queues": total[1], "empty_s": empty_s, "restart_s": restart_s, "empty_rss_mib": empty_rss / 2**20,
+            "rss_mib": rss / 2**20, "bytes_per_queue": total[0] / total[1]}
