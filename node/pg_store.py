@@ -69,9 +69,12 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS messages_by_time ON messages (ts)",
     "CREATE TABLE IF NOT EXISTS seen_envelopes (epk bytea PRIMARY KEY, expires bigint NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sent_tokens (key bytea PRIMARY KEY, expires bigint NOT NULL)",
+]
+FIRST_TIME = [
     # Sealed boxes do not compress: store them out of line without trying.
     "ALTER TABLE messages ALTER COLUMN box SET STORAGE EXTERNAL",
 ]
+"""Run once, when the schema is created (an ALTER TABLE locks the table: not at every backend's start)."""
 CHURN_TABLES = ("messages", "seen_envelopes", "sent_tokens", "queues")
 AUTOVACUUM = (
     "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 50, "
@@ -187,11 +190,13 @@ class PostgresQueueStore:
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             for statement in SCHEMA:
                 self._db.execute(statement)
-            for table in CHURN_TABLES:
-                self._db.execute(f"ALTER TABLE {table} SET ({AUTOVACUUM})")
             meta = dict(self._db.execute("SELECT key, value FROM node_meta").fetchall())
             version = int(meta["schema"].decode()) if "schema" in meta else None
             if version is None:
+                for statement in FIRST_TIME:
+                    self._db.execute(statement)
+                for table in CHURN_TABLES:
+                    self._db.execute(f"ALTER TABLE {table} SET ({AUTOVACUUM})")
                 self._db.execute("INSERT INTO node_meta (key, value) VALUES ('schema', %s)", (str(SCHEMA_VERSION).encode(),))
             elif version != SCHEMA_VERSION:
                 raise StoreError(f"{display_url(self.url)} has schema version {version}; this node knows {SCHEMA_VERSION}")

@@ -92,6 +92,10 @@ async def test_postgresql_deleted_data_leaves_the_table_files_not_the_wal(node_f
     node = node_factory("pgpurge", store=url, rewrite_interval=REWRITE_INTERVAL)
     with psycopg.connect(pg_cluster.admin_url, autocommit=True) as admin:
         oid = admin.execute("SELECT oid FROM pg_database WHERE datname = 'purge'").fetchone()[0]
+    with psycopg.connect(url) as db:  # the autovacuum policy docs/operations.md describes
+        options = dict(db.execute("SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                                  "('messages', 'queues', 'seen_envelopes', 'sent_tokens')").fetchall())
+    assert len(options) == 4 and all("autovacuum_vacuum_threshold=50" in o for o in options.values()), options
     tables = pg_cluster.data / "base" / str(oid)
 
     def checkpoint() -> None:
