@@ -6,6 +6,7 @@ Each backend LISTENs on two channels (``node.pg_store``):
   transaction of every stored message, so it is heard once committed. A
   backend that holds the queue's subscriber, with nothing in flight, reads the
   oldest message and pushes it (as the backend that stored it would have).
+  ``<origin> <rid> deleted`` (a DEL): the backend holding its subscriber ends it (END).
 - ``onionpost_subscribed``: after a SUB, the backend announces
   ``<origin> <token> <rid>``. PostgreSQL delivers notifications to every
   listener in one order, so all backends agree on which SUB came last. A
@@ -236,6 +237,12 @@ class Cluster:
                     rid = bytes.fromhex(parts[1])
                     if self.subscriptions.subscriber(rid) is not None:
                         self._look_again(rid)
+            elif channel == ARRIVED_CHANNEL and len(parts) == 3 and parts[2] == "deleted":
+                if parts[0] != self.origin:  # the deleting backend ended its own subscriber already
+                    rid = bytes.fromhex(parts[1])
+                    subscriber = self.subscriptions.unsubscribe(rid)
+                    if subscriber is not None:
+                        subscriber.push(rid, SubscriptionEnded())
             elif channel == SUBSCRIBED_CHANNEL and len(parts) == 3:
                 rid = bytes.fromhex(parts[2])
                 ended = self.subscriptions.announced(rid, parts[0], parts[1])

@@ -39,7 +39,8 @@ from .store import QueueRecord, StoredMessage, StoreError
 
 SCHEMA_VERSION = 1
 ARRIVED_CHANNEL = "onionpost_arrived"
-"""NOTIFY channel: ``<origin> <rid hex>`` for each stored message, delivered on commit."""
+"""NOTIFY channel: ``<origin> <rid hex>`` for each stored message, ``<origin> <rid hex> deleted`` for a
+deleted queue; delivered on commit."""
 SUBSCRIBED_CHANNEL = "onionpost_subscribed"
 """NOTIFY channel: ``<origin> <token> <rid hex>`` for each SUB (``node.cluster``)."""
 SCHEMA_LOCK = 0x6F6E696F6E706F73
@@ -132,6 +133,7 @@ STATEMENTS = {
     "count_unsigned_send": ("UPDATE queues SET unsigned_sends = unsigned_sends + 1 WHERE rid = $1", (BYTEA,)),
     "delete_queue_messages": ("DELETE FROM messages WHERE rid = $1", (BYTEA,)),
     "delete_queue": ("DELETE FROM queues WHERE rid = $1", (BYTEA,)),
+    "notify": ("SELECT pg_notify($1, $2)", (TEXT, TEXT)),
     "add_message": (
         "WITH added AS (INSERT INTO messages (rid, n, mid, ts, box) "
         "SELECT $1, coalesce(max(n), 0) + 1, $2, $3, $4 FROM messages WHERE rid = $1 RETURNING 1) "
@@ -318,8 +320,10 @@ class PostgresQueueStore:
         self._write(b"count_unsigned_send", rid)
 
     def delete_queue(self, rid: bytes) -> None:
+        """Delete the queue and its messages; on commit, a subscriber held by another backend gets END."""
         self._write(b"delete_queue_messages", rid)
         self._write(b"delete_queue", rid)
+        self._run(b"notify", ARRIVED_CHANNEL.encode(), f"{self.origin} {rid.hex()} deleted".encode())
 
     # --- messages -------------------------------------------------------------------
 

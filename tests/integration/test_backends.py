@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from onionpost.proto import Ack, ErrorCode, Get, Message, NoMessage, Ok, Send, Subscribe, SubscriptionEnded, parse_node_address
+from onionpost.proto import Ack, Delete, ErrorCode, Get, Message, NoMessage, Ok, Send, Subscribe, SubscriptionEnded, parse_node_address
 from onionpost.proto import delivery
 from onionpost.transport import LinkClosed, RelayError, RelayLink
 from tests.integration.conftest import finish
@@ -389,3 +389,18 @@ async def test_a_crashed_worker_is_started_again(tmp_path, pg_cluster):
     finally:
         finish([node])
     assert re.search(r"worker \d exited \(signal 9\); starting it again", node.log_text()), node.log_text()[-1000:]
+
+
+async def test_a_del_on_one_backend_ends_the_subscriber_on_the_other(two_backends):
+    one, two = two_backends
+    owner = await RelayLink.connect(one.address)
+    q = await new_queue(owner, node=one)
+    inbox = Inbox(q)
+    inbox.link = await RelayLink.connect(two.address, on_push=inbox)
+    try:
+        assert isinstance(await inbox.link.request(Subscribe(), q.rid, q.rsecret), Ok)
+        assert isinstance(await owner.request(Delete(), q.rid, q.rsecret), Ok)
+        await asyncio.wait_for(inbox.ended.wait(), 10)
+    finally:
+        await owner.close()
+        await inbox.link.close()
