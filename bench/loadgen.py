@@ -98,12 +98,13 @@ class Stats:
 
 
 async def node_setup(config, pairs: list[Pair], holder: dict):
-    from onionpost.proto import Ack, Message, New, SecureQueue, Send, Subscribe, crypto, parse_node_address
+    from onionpost.proto import MAX_VERSION, Ack, Message, New, SecureQueue, Send, Subscribe, crypto, parse_node_address
     from onionpost.proto.delivery import open_message
     from onionpost.transport import RelayLink
     from onionpost.client import e2e
 
     address = parse_node_address(config["address"])
+    max_version = config.get("max_version", MAX_VERSION)  # 2: a 1.1 client, which signs every ACK
     links = []
 
     async def setup(pair: Pair):
@@ -125,13 +126,13 @@ async def node_setup(config, pairs: list[Pair], holder: dict):
             task = asyncio.get_running_loop().create_task(state["recipient"].request_many([(Ack(response.mid), rid, rsecret)]))
             task.add_done_callback(_check_task(holder))
 
-        recipient = await RelayLink.connect(address, on_push=on_push)
+        recipient = await RelayLink.connect(address, on_push=on_push, max_version=max_version)
         state["recipient"] = recipient
         ids = await recipient.request(New(rkey=rkey, dhkey=dh_public, akey=None), None, rsecret)
         state["queue_key"] = crypto.queue_secret(dh_secret, ids.dhkey)
         await recipient.request(SecureQueue(skey=skey), ids.rid, rsecret)
         await recipient.request(Subscribe(), ids.rid, rsecret)
-        sender = await RelayLink.connect(address)
+        sender = await RelayLink.connect(address, max_version=max_version)
         links.extend([recipient, sender])
 
         async def send(body: bytes):

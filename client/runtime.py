@@ -69,6 +69,7 @@ class ClientRuntime:
         self.tor: ClientTor | None = None
         self.connector = connector or OnDemandTor(self)
         self._tor_lock = asyncio.Lock()
+        self.tor_restarts = 0
         self.listeners: list[Callable[[Event], None]] = []
         self._agents: dict[int, Agent] = {}
         self._runs: dict[int, asyncio.Task] = {}
@@ -107,7 +108,17 @@ class ClientRuntime:
             await self.tor_connector()
 
     async def tor_connector(self) -> Connector:
+        """Tor's connector, starting tor on first use, and again if the tor this client started has died.
+
+        Links through a dead tor close; each queue's keeper reopens its link (on its own schedule,
+        client/timing.py) and so arrives here, where the first of them starts a new tor.
+        """
         async with self._tor_lock:
+            if self.tor is not None and not self.tor.alive:
+                self.progress("the client's tor stopped; starting it again", 0)
+                await asyncio.to_thread(self.tor.stop)
+                self.tor = None
+                self.tor_restarts += 1
             if self.tor is None:
                 tor = ClientTor(self.home, self.tor_settings)
                 try:

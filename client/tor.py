@@ -90,6 +90,11 @@ class ClientTor:
             await control.close()
         return {c.socks_username: c.path for c in circuits if c.socks_username}
 
+    @property
+    def alive(self) -> bool:
+        """False once a tor this client started has exited (an existing tor given by --tor-socks counts as alive)."""
+        return self.process is None or self.process.alive()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()

@@ -37,6 +37,7 @@ from onionpost.proto import (
     parse_node_address,
 )
 from onionpost.proto import crypto, forward
+from onionpost.proto.frames import session_may_authenticate
 
 from .committer import Committer, internal_error
 from .connection import Slot, error
@@ -98,6 +99,12 @@ class Dispatcher:
         if t.signature and type(t.command) in UNSIGNED:
             slot.answer(error(ErrorCode.AUTH, f"{t.command.NAME} must be unsigned"))
             return
+        if not t.signature and session_may_authenticate(conn.session.version, t.command):
+            # relay.md "Signatures" (1.2): the session's own signed SUB authenticates it, nothing else does.
+            if self.subscriptions.subscriber(t.queue) is not conn:
+                slot.answer(error(ErrorCode.AUTH, f"unsigned {t.command.NAME}: this session is not subscribed to the queue"))
+                return
+            t = Transmission(t.signature, t.body, t.session, t.corr, t.queue, t.command, by_session=True)
         try:
             handler(conn, t, slot)
         except Exception as exc:  # never a traceback to the client: INTERNAL, nothing applied

@@ -19,7 +19,7 @@ from functools import partial
 
 from aiohttp import web
 
-from onionpost.proto import Message, NodeAddress, NodeSession
+from onionpost.proto import MAX_VERSION, Message, NodeAddress, NodeSession
 from onionpost.proto import crypto
 from onionpost.transport import Connector
 from onionpost.transport.connector import MAX_MESSAGE, WEBSOCKET_PATH
@@ -89,6 +89,8 @@ class Node:
         self.dispatcher = Dispatcher(identity, self.mailbox, self.committer, self.subscriptions, self.forwarder, clock=clock, rng=rng)
         self.connections: set[Connection] = set()
         """WebSocket sessions, established or still in their handshake."""
+        self.max_version = MAX_VERSION
+        """Highest protocol version offered to new sessions (tests lower it to act as an older node)."""
         self.admission: Admission | None = None
         """Set by ``run``: the gate in front of aiohttp, which counts every open TCP connection."""
         self.status_extra: Callable[[], dict] | None = None
@@ -121,7 +123,7 @@ class Node:
         except (ConnectionError, OSError, RuntimeError):  # the client left before the answer
             self.tally.count("upgrades abandoned by the client")
             raise web.HTTPBadRequest() from None  # aiohttp ends the request without logging it
-        session = NodeSession(self.identity.public, self.identity.secret, rng=self.rng)
+        session = NodeSession(self.identity.public, self.identity.secret, rng=self.rng, max_version=self.max_version)
         throttle = TokenBucket(self.config.throttle.rate, self.config.throttle.burst)
         transport = request.transport
         conn = Connection(

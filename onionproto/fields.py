@@ -85,8 +85,8 @@ def check_map(value: object, spec: dict, what: str) -> dict:
     """
     if not isinstance(value, dict):
         raise FieldError(f"{what} must be a map, got {type(value).__name__}")
-    unknown = set(value) - set(spec)
-    if unknown:
+    if not value.keys() <= spec.keys():
+        unknown = value.keys() - spec.keys()
         raise FieldError(f"{what} has unknown field(s) {sorted(map(str, unknown))}")
     result = {}
     for name, kind in spec.items():

@@ -22,6 +22,7 @@ from .versions import (
     SEALED_CONTENT_SIZE,
     SESSION_ID_SIZE,
     SIGNATURE_SIZE,
+    PROTOCOL_V1_2,
     TOKEN_SIZE,
     UNREAD_CORR,
 )
@@ -141,6 +142,14 @@ COMMANDS: dict[str, type[Command]] = {
     for c in (New, SecureQueue, Subscribe, Get, Ack, Suspend, Delete, Send, Ping, Forward, RelayForward)
 }
 RECIPIENT_COMMANDS = frozenset({"KEY", "SUB", "GET", "ACK", "OFF", "DEL"})
+SESSION_AUTHENTICATED = frozenset({"GET", "ACK"})
+"""1.2: recipient commands that may be unsigned on a queue the session is subscribed to (relay.md "Signatures")."""
+
+
+def session_may_authenticate(version: int | None, command: "Command") -> bool:
+    """True if, in a session of ``version``, ``command`` may be authenticated by the session's
+    subscription instead of a signature (1.2 and later; GET and ACK only)."""
+    return version is not None and version >= PROTOCOL_V1_2 and command.NAME in SESSION_AUTHENTICATED
 
 # --- Responses (node -> client) ------------------------------------------------
 
@@ -245,7 +254,14 @@ def unpackb(data: bytes, code: ErrorCode, what: str):
 
 def frame_args(frame: Command | Response) -> dict:
     """The frame's fields as a dict, without absent optional fields."""
-    return {f.name: getattr(frame, f.name) for f in fields(frame) if getattr(frame, f.name) is not None}
+    names = _FIELD_NAMES.get(type(frame))
+    if names is None:
+        names = _FIELD_NAMES[type(frame)] = tuple(f.name for f in fields(frame))
+    return {name: value for name in names if (value := getattr(frame, name)) is not None}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+"""Each frame class's field names (``dataclasses.fields`` is slow on the per-message path)."""
 
 
 # --- Transmissions ----------------------------------------------------------------
@@ -256,7 +272,8 @@ class Transmission:
     """One decoded command as the node sees it, before signature checks.
 
     ``body`` is the exact signed byte string; the signature (if any) covers
-    ``COMMAND_DOMAIN ‖ body``.
+    ``COMMAND_DOMAIN ‖ body``. ``by_session`` is set by the node (1.2): an unsigned GET or ACK on a
+    queue this session is subscribed to, authenticated by the session instead of a signature.
     """
 
     signature: bytes
@@ -265,6 +282,7 @@ class Transmission:
     corr: bytes
     queue: bytes | None
     command: Command
+    by_session: bool = False
 
 
 class TransmissionError(RemoteProtocolError):
@@ -282,6 +300,9 @@ BODY_FIELDS = {
     "q": Optional(QUEUE_ID),
     "cmd": Str(8),
 }
+
+
+_BODY_SPECS = {c: dict(BODY_FIELDS, **c.FIELDS) for c in COMMANDS.values()}
 
 
 def encode_body(session: bytes, corr: bytes, queue: bytes | None, command: Command) -> bytes:
@@ -339,7 +360,7 @@ def check_transmission(raw: RawTransmission) -> Transmission:
     body = raw.fields.get("body")
     if command_type is Send and isinstance(body, bytes) and len(body) > MAX_BODY:
         raise TransmissionError(ErrorCode.LARGE, f"body of {len(body)} bytes exceeds {MAX_BODY}", corr, queue)
-    spec = dict(BODY_FIELDS, **command_type.FIELDS)
+    spec = _BODY_SPECS[command_type]
     try:
         checked = check_map(raw.fields, spec, f"{name} body")
     except FieldError as exc:
@@ -370,6 +391,9 @@ def encode_response(corr: bytes | None, queue: bytes | None, response: Response)
     return item
 
 
+_RESPONSE_SPECS = {r: dict(RESPONSE_HEAD, **r.FIELDS) for r in RESPONSES.values()}
+
+
 def decode_response(item: object) -> tuple[bytes | None, bytes | None, Response]:
     """Decode one response map. Raises RemoteProtocolError(SYNTAX)."""
     if not isinstance(item, dict):
@@ -379,7 +403,7 @@ def decode_response(item: object) -> tuple[bytes | None, bytes | None, Response]
     if response_type is None:
         raise RemoteProtocolError(ErrorCode.SYNTAX, f"unknown response {name!r}")
     try:
-        checked = check_map(item, dict(RESPONSE_HEAD, **response_type.FIELDS), f"{name} response")
+        checked = check_map(item, _RESPONSE_SPECS[response_type], f"{name} response")
     except FieldError as exc:
         raise RemoteProtocolError(ErrorCode.SYNTAX, str(exc)) from None
     response = response_type(**{k: checked[k] for k in response_type.FIELDS})

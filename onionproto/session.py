@@ -26,7 +26,9 @@ from .frames import (
     NODE_HELLO_BODY,
     Command,
     Error,
+    Ok,
     Response,
+    SubscriptionEnded,
     Transmission,
     TransmissionError,
     check_transmission,
@@ -35,6 +37,7 @@ from .frames import (
     encode_response,
     packb,
     read_transmission,
+    session_may_authenticate,
     unpackb,
 )
 from .versions import (
@@ -278,6 +281,11 @@ class ClientSession(_Session):
         self._min_version, self._max_version = min_version, max_version
         self._counter = 0
         self._state = "AWAIT_HELLO"
+        self._subscribed: set[bytes] = set()
+        """Queues whose SUB this session got OK for, with no END or DEL since (relay.md "Signatures", 1.2)."""
+        self._awaiting: dict[bytes, tuple[str, bytes]] = {}
+        """corr -> (SUB, DEL or UNSIGNED, queue) until answered: a SUB's OK subscribes, a DEL's OK or an
+        AUTH answer to a command sent unsigned (the subscription ended first) unsubscribes."""
 
     @property
     def ready(self) -> bool:
@@ -292,7 +300,31 @@ class ClientSession(_Session):
         else:
             for item in _decode_array(self._opener.open(block), "response block"):
                 corr, queue, response = decode_response(item)
+                self._track_subscriptions(corr, queue, response)
                 self._events.append(Reply(corr, queue, response))
+
+    def _track_subscriptions(self, corr: bytes | None, queue: bytes | None, response: Response) -> None:
+        if corr is None:
+            if isinstance(response, SubscriptionEnded) and queue is not None:
+                self._subscribed.discard(queue)
+            return
+        sent = self._awaiting.pop(corr, None)
+        if sent is None:
+            return
+        name, queue = sent
+        if isinstance(response, Ok) and name in ("SUB", "DEL"):
+            (self._subscribed.add if name == "SUB" else self._subscribed.discard)(queue)
+        elif isinstance(response, Error) and response.code == ErrorCode.AUTH.value and name == "UNSIGNED":
+            self._subscribed.discard(queue)  # the node no longer counts this session as subscribed
+
+    def subscribed(self, queue: bytes) -> bool:
+        """True if this session is subscribed to ``queue``: its SUB was answered OK, no END or DEL since."""
+        return queue in self._subscribed
+
+    def signs_by_session(self, command: Command, queue: bytes | None) -> bool:
+        """True if ``command`` goes unsigned, authenticated by this session (1.2: GET or ACK on a
+        queue this session is subscribed to); ``transmission`` then drops the signing key."""
+        return queue in self._subscribed and session_may_authenticate(self.version, command)
 
     def _handle_node_hello(self, block: bytes) -> None:
         raw = unpackb(unpad(block, BLOCK_SIZE), ErrorCode.HANDSHAKE, "node hello")
@@ -343,14 +375,18 @@ class ClientSession(_Session):
         return self._counter.to_bytes(8, "big") + self._rng(CORR_ID_SIZE - 8)
 
     def transmission(self, command: Command, queue: bytes | None = None, signing_key: bytes | None = None) -> tuple[bytes, bytes]:
-        """Build one signed transmission; return (corr, packed transmission)."""
+        """Build one transmission, signed with ``signing_key`` unless the session authenticates it
+        (``signs_by_session``); return (corr, packed transmission)."""
         if not self.ready:
             raise LocalProtocolError(ErrorCode.HANDSHAKE, "cannot send commands before the node hello")
         if command.NEEDS_QUEUE != (queue is not None):
             raise LocalProtocolError(ErrorCode.SYNTAX, f"{command.NAME} {'needs' if command.NEEDS_QUEUE else 'takes no'} queue id")
         corr = self.next_corr()
+        sign = signing_key and not self.signs_by_session(command, queue)
+        if command.NAME in ("SUB", "DEL") or (signing_key and not sign):
+            self._awaiting[corr] = (command.NAME if sign else "UNSIGNED", queue)
         body = encode_body(self.session_id, corr, queue, command)
-        signature = crypto.sign(signing_key, crypto.COMMAND_DOMAIN, body) if signing_key else b""
+        signature = crypto.sign(signing_key, crypto.COMMAND_DOMAIN, body) if sign else b""
         return corr, packb([signature, body])
 
     def send(self, commands: Sequence[tuple[Command, bytes | None, bytes | None]]) -> tuple[bytes, list[bytes]]:

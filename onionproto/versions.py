@@ -13,10 +13,14 @@ it cannot be read); a readable corr is used up whatever the answer; SEND takes a
 forwarded errors are sealed once the envelope is open; exact errors for unusable keys and signed
 unsigned commands. relay.md "Versions" lists every rule."""
 
-MIN_VERSION = PROTOCOL_V1_1
-MAX_VERSION = PROTOCOL_V1_1
+PROTOCOL_V1_2 = 3
+"""Version 1.2 (wire value 3): GET and ACK on a queue this session is subscribed to may be unsigned;
+the session authenticates them (relay.md "Signatures", "Threat model")."""
 
-VERSION_NAMES = {PROTOCOL_V1: "1.0", PROTOCOL_V1_1: "1.1"}
+MIN_VERSION = PROTOCOL_V1_1
+MAX_VERSION = PROTOCOL_V1_2
+
+VERSION_NAMES = {PROTOCOL_V1: "1.0", PROTOCOL_V1_1: "1.1", PROTOCOL_V1_2: "1.2"}
 
 
 def version_name(version: int) -> str:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate tests/vectors/relay-v1.json: worked examples of relay protocol 1.1.
+"""Generate tests/vectors/relay-v1.json: worked examples of relay protocol 1.2.
 
 Every random input (seeds, X25519 secrets, session id, corr ids, nonces) is
 written into the file under ``inputs``, and the reference code is made to use
@@ -16,10 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-from onionpost.proto import New, Ok, Ping, Pong, QueueIds, Send, crypto, forward
+from onionpost.proto import Ack, Message, New, Ok, Ping, Pong, QueueIds, Send, Subscribe, crypto, forward
 from onionpost.proto.block import unpad
 from onionpost.proto.delivery import seal_message
-from onionpost.proto.frames import packb
+from onionpost.proto.frames import packb, unpackb
+from onionpost.proto.session import NEED_DATA
 from onionpost.proto.session import ClientSession, NodeSession
 from onionpost.proto.testing import DeterministicRng
 from onionpost.proto.versions import BLOCK_SIZE, SEALED_CONTENT_SIZE
@@ -56,6 +57,7 @@ def build() -> dict:
             ("corr_random_1", 16), ("corr_random_2", 16), ("recipient_auth_seed", 32), ("recipient_dh_secret", 32),
             ("rid", 24), ("snd", 24), ("node_queue_dh_secret", 32), ("delivery_nonce", 24), ("sender_auth_seed", 32),
             ("envelope_secret", 32), ("envelope_corr", 24), ("envelope_nonce", 24), ("answer_nonce", 24),
+            ("corr_random_3", 16), ("corr_random_4", 16), ("mid", 16),
         )
     }
     node_public, node_secret = crypto.signing_keypair(Script(inputs["node_identity_seed"]))
@@ -63,7 +65,9 @@ def build() -> dict:
     # Handshake.
     node_rng = Script(inputs["session_id"], inputs["node_session_secret"])
     node = NodeSession(node_public, node_secret, rng=node_rng)
-    client_rng = Script(inputs["client_secret"], inputs["corr_random_1"], inputs["corr_random_2"])
+    client_rng = Script(
+        inputs["client_secret"], inputs["corr_random_1"], inputs["corr_random_2"], inputs["corr_random_3"], inputs["corr_random_4"]
+    )
     client = ClientSession(node_public, rng=client_rng)
     node_hello = node.data_to_send()
     client.receive_data(node_hello)
@@ -89,6 +93,23 @@ def build() -> dict:
     queue_key = crypto.queue_secret(inputs["recipient_dh_secret"], node_queue_dh_public)
     assert queue_key == crypto.queue_secret(inputs["node_queue_dh_secret"], recipient_dh_public)
 
+    # 1.2: a signed SUB, the node's OK with the pushed MSG, then an ACK the session authenticates (unsigned).
+    box = seal_message(queue_key, NOW, b"hello", Script(inputs["delivery_nonce"]))
+    corr_sub, t_sub = client.transmission(Subscribe(), inputs["rid"], recipient_secret)
+    sub_block = client.send_packed([t_sub])
+    sub_answer_block = node.send([(corr_sub, inputs["rid"], Ok()), (None, inputs["rid"], Message(inputs["mid"], box))])
+    client.receive_data(response_block + sub_answer_block)
+    while client.next_event() is not NEED_DATA:
+        pass
+    corr_ack, t_ack = client.transmission(Ack(inputs["mid"]), inputs["rid"], recipient_secret)
+    assert unpackb(t_ack, None, "ACK")[0] == b"", "the session authenticates the ACK: no signature"
+    ack_block = client.send_packed([t_ack])
+    node.receive_data(command_block + sub_block + ack_block)
+    events = []
+    while (event := node.next_event()) is not NEED_DATA:
+        events.append(event)
+    assert [e.transmission.command.NAME for e in events] == ["NEW", "PING", "SUB", "ACK"], events
+
     # The sender's forwarded SEND (with its token), the destination's sealed answer, the delivery box.
     body = b"hello"
     sender_public, sender_secret = crypto.signing_keypair(Script(inputs["sender_auth_seed"]))
@@ -98,25 +119,28 @@ def build() -> dict:
     opened = forward.open_envelope(node_secret, envelope, NOW)
     inner = packb([opened.transmission.signature, opened.transmission.body])
     answer = forward.seal_response(opened.response_key, Ok(), Script(inputs["answer_nonce"]))
-    box = seal_message(queue_key, NOW, body, Script(inputs["delivery_nonce"]))
     for script in (node_rng, client_rng, envelope_rng):
         script.done()
 
     return {
-        "about": "Worked examples for docs/protocol/relay.md, protocol 1.1 (wire version 2). Hex unless noted. "
+        "about": "Worked examples for docs/protocol/relay.md, protocol 1.2 (wire version 3). Hex unless noted. "
         "Every random value is in 'inputs'; everything else derives from them (see 'derivations'). Plain blocks "
         "are given as their content plus the SHA-256 of the whole 16384-byte block (content padded as the spec says).",
         "inputs": {name: h(value) for name, value in inputs.items()} | {"now": NOW, "body_text": body.decode()},
         "derivations": {
             "node_identity": "public, secret = crypto_sign_seed_keypair(node_identity_seed)",
-            "node_hello": "body = msgpack {vmin: 2, vmax: 2, sess: session_id, skey: X25519 base(node_session_secret), node: public}; "
+            "node_hello": "body = msgpack {vmin: 2, vmax: 3, sess: session_id, skey: X25519 base(node_session_secret), node: public}; "
             "content = msgpack {hello: body, sig: sign(secret, 'onionpost/1 hello\\0' ‖ body)}",
-            "client_hello": "content = msgpack {v: 2, ckey: X25519 base(client_secret)}",
+            "client_hello": "content = msgpack {v: 3, ckey: X25519 base(client_secret)}",
             "transport_keys": "shared = X25519(client_secret, skey) = X25519(node_session_secret, ckey); "
             "c2s/s2c = BLAKE2b-256(key=shared, 'onionpost/1 c2s'/'onionpost/1 s2c' ‖ session_id)",
-            "corr_ids": "corr n = 8-byte big-endian n ‖ corr_random_n (n = 1, 2)",
+            "corr_ids": "corr n = 8-byte big-endian n ‖ corr_random_n (n = 1 to 4)",
             "command_block": "secretbox(pad(content, 16368), nonce = 24 zero bytes, c2s)",
             "response_block": "secretbox(pad(content, 16368), nonce = 24 zero bytes, s2c)",
+            "session_authenticated_ack": "SUB: [sign(recipient secret, 'onionpost/1 command\\0' ‖ body), body], body = msgpack "
+            "{sess, corr: corr 3, q: rid, cmd: SUB}, sealed with c2s, nonce 1; answer: msgpack [{corr: corr 3, q: rid, r: OK}, "
+            "{corr: nil, q: rid, r: MSG, mid, box: delivery box}] sealed with s2c, nonce 1; ACK: ['' (empty signature), "
+            "msgpack {sess, corr: corr 4, q: rid, cmd: ACK, mid}] sealed with c2s, nonce 2",
             "queue_key": "BLAKE2b-256(key = X25519(recipient_dh_secret, IDS.dhkey), 'onionpost/1 queue'); "
             "IDS.dhkey = X25519 base(node_queue_dh_secret)",
             "send_token": "KDF(KDF(sender secret[:32], 'onionpost/1 send-token key'), 'onionpost/1 send-token', body)[:16]",
@@ -146,6 +170,14 @@ def build() -> dict:
             "block": h(response_block),
         },
         "queue": {"dhkey": h(node_queue_dh_public), "queue_key": h(queue_key)},
+        "session_authenticated_ack": {
+            "corr_ids": [h(corr_sub), h(corr_ack)],
+            "sub_transmission": h(t_sub),
+            "sub_block": h(sub_block),
+            "answer_block": h(sub_answer_block),
+            "ack_transmission": h(t_ack),
+            "ack_block": h(ack_block),
+        },
         "send_token": {
             "sender_auth_public": h(sender_public), "tok": h(send.tok), "stored": h(crypto.token_key(inputs["rid"], send.tok)),
         },

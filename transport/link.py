@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 
 from onionpost.proto import (
+    MAX_VERSION,
     NEED_DATA,
     BLOCK_SIZE,
     ClientSession,
@@ -89,8 +90,10 @@ class RelayLink:
         isolation: str = "",
         on_push: PushHandler | None = None,
         timeout: float = 30.0,
+        max_version: int = MAX_VERSION,
     ) -> "RelayLink":
-        """Open a WebSocket, run the handshake and return a ready link.
+        """Open a WebSocket, run the handshake and return a ready link (``max_version``: the highest
+        protocol version to offer; lower it to act as an older client).
 
         Raises:
             LinkClosed: the node could not be reached or the handshake failed.
@@ -100,7 +103,7 @@ class RelayLink:
             http, ws = await asyncio.wait_for(connector.open(address, isolation), timeout)
         except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise LinkClosed(f"cannot reach node {address.host}:{address.port}: {_reason(exc)}") from None
-        link = cls(address, ClientSession(address.key), http, ws, on_push)
+        link = cls(address, ClientSession(address.key, max_version=max_version), http, ws, on_push)
         try:
             await asyncio.wait_for(asyncio.shield(link._connected), timeout)
         except (asyncio.TimeoutError, LinkClosed) as exc:
@@ -109,6 +112,11 @@ class RelayLink:
                 f"handshake with {address.host}:{address.port} failed: {link.closed_reason or exc}", link.closed_code
             ) from None
         return link
+
+    @property
+    def version(self) -> int | None:
+        """The protocol version of this session."""
+        return self._session.version
 
     @property
     def is_open(self) -> bool:
@@ -132,7 +140,21 @@ class RelayLink:
         return response
 
     async def request_many(self, commands: Sequence[tuple[Command, bytes | None, bytes | None]], *, timeout: float = 60.0) -> list[Response]:
-        """Send commands batched into as few blocks as fit; return responses in order (ERR included)."""
+        """Send commands batched into as few blocks as fit; return responses in order (ERR included).
+
+        With 1.2, GET and ACK on a queue this session is subscribed to go unsigned (the session
+        authenticates them). If the subscription ended before the node read one (another session
+        subscribed: the END came first), the node answers AUTH and it is sent again, signed.
+        """
+        by_session = [key is not None and self._session.signs_by_session(c, q) for c, q, key in commands]
+        responses = await self._send_many(commands, timeout)
+        again = [i for i, r in enumerate(responses) if by_session[i] and isinstance(r, Error) and r.code == ErrorCode.AUTH.value]
+        if again:
+            for i, response in zip(again, await self._send_many([commands[i] for i in again], timeout)):
+                responses[i] = response
+        return responses
+
+    async def _send_many(self, commands: Sequence[tuple[Command, bytes | None, bytes | None]], timeout: float) -> list[Response]:
         if not self.is_open:
             raise LinkClosed(self.closed_reason)
         loop = asyncio.get_running_loop()

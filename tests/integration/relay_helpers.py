@@ -17,6 +17,7 @@ import aiohttp
 
 from onionpost.proto import (
     BLOCK_SIZE,
+    MAX_VERSION,
     NEED_DATA,
     ClientSession,
     Connected,
@@ -152,19 +153,19 @@ class RawClient:
     replayed transmissions) and shows every reply, pushes included.
     """
 
-    def __init__(self, address: NodeAddress, http: aiohttp.ClientSession, ws):
+    def __init__(self, address: NodeAddress, http: aiohttp.ClientSession, ws, max_version: int = MAX_VERSION):
         self.address = address
         self.http = http
         self.ws = ws
-        self.session = ClientSession(address.key)
+        self.session = ClientSession(address.key, max_version=max_version)
         self.replies: deque[Reply] = deque()
         self.pushes: list[Reply] = []
 
     @classmethod
-    async def connect(cls, address: NodeAddress, *, handshake: bool = True) -> "RawClient":
+    async def connect(cls, address: NodeAddress, *, handshake: bool = True, max_version: int = MAX_VERSION) -> "RawClient":
         http = aiohttp.ClientSession()
         ws = await http.ws_connect(f"http://{address.host}:{address.port}{WEBSOCKET_PATH}", max_msg_size=4 * BLOCK_SIZE)
-        client = cls(address, http, ws)
+        client = cls(address, http, ws, max_version)
         if handshake:
             while not isinstance(await client._next_event(10), Connected):
                 pass

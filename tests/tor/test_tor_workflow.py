@@ -5,11 +5,17 @@ is in test_tor_relay_failure.py (on a network of its own).
 """
 
 import asyncio
+import os
+import signal
+import time
 
 import pytest
 
+from onionpost.client.runtime import ClientRuntime
+from onionpost.client.tor import TorSettings
+
 from onionpost.torconfig.socks import isolation_credentials
-from tests.tor.workflow_helpers import clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, settle_until, texts
+from tests.tor.workflow_helpers import PASSWORD, clients, connect_pair, make_homes, onion_relays, queue_circuits, settle, settle_until, texts
 
 pytestmark = pytest.mark.tor
 
@@ -104,3 +110,42 @@ async def test_relay_restart_keeps_its_onion_address_and_loses_nothing(connected
         expected = [f"while down {i}" for i in range(3)]
         await settle_until(lambda: texts(bob.agent, "alice", "in")[-3:] == expected, alice.agent, bob.agent, within=420)
         assert texts(bob.agent, "alice", "in")[-3:] == expected
+
+
+@pytest.mark.timeout(480)
+async def test_a_client_whose_tor_dies_starts_it_again_and_loses_nothing(connected, tor_network):
+    runtimes = {
+        name: ClientRuntime.open(connected[name], PASSWORD, tor_settings=TorSettings(testnet=tor_network.directory),
+                                 progress=lambda *_: None)
+        for name in ("alice", "bob")
+    }
+    alice, bob = runtimes["alice"], runtimes["bob"]
+    runs = [asyncio.create_task(runtime.run()) for runtime in runtimes.values()]
+    try:
+        await alice.start_network()
+        await bob.start_network()
+        bob_alias = alice.agent().contacts()[0].alias
+        dead = alice.tor.process
+        os.kill(dead.pid, signal.SIGKILL)
+        await wait_for(lambda: not dead.alive(), within=30)
+
+        await alice.agent().send(bob_alias, "sent after tor died")
+        await bob.agent().send("alice", "received after tor died")
+        await wait_for(lambda: texts(bob.agent(), "alice", "in")[-1:] == ["sent after tor died"]
+                       and texts(alice.agent(), bob_alias, "in")[-1:] == ["received after tor died"], within=360)
+        assert texts(bob.agent(), "alice", "in")[-1:] == ["sent after tor died"]
+        assert texts(alice.agent(), bob_alias, "in")[-1:] == ["received after tor died"]
+        assert alice.tor_restarts == 1 and alice.tor.alive and alice.tor.process.pid != dead.pid
+        assert bob.tor_restarts == 0
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        for runtime in runtimes.values():
+            await runtime.close()
+
+
+async def wait_for(condition, *, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)

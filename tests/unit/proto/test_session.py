@@ -24,7 +24,7 @@ from onionpost.proto import (
     crypto,
 )
 from onionpost.proto.frames import Message, QueueIds, SubscriptionEnded
-from onionpost.proto.versions import PROTOCOL_V1, PROTOCOL_V1_1
+from onionpost.proto.versions import PROTOCOL_V1, PROTOCOL_V1_2
 from onionpost.proto.testing import DeterministicRng
 
 from .conftest import Pair, drain
@@ -34,8 +34,8 @@ from .conftest import Pair, drain
 def test_handshake_in_any_chunking(chunk):
     pair = Pair(chunk=chunk)
     node_events, client_events = pair.handshake()
-    assert node_events == [Connected(PROTOCOL_V1_1, pair.node.session_id)]
-    assert client_events == [Connected(PROTOCOL_V1_1, pair.node.session_id)]
+    assert node_events == [Connected(PROTOCOL_V1_2, pair.node.session_id)]
+    assert client_events == [Connected(PROTOCOL_V1_2, pair.node.session_id)]
     assert pair.client.session_id == pair.node.session_id
 
 
@@ -139,12 +139,12 @@ def test_client_refuses_a_node_with_another_key():
 def test_version_mismatch_is_reported_on_both_sides():
     rng = DeterministicRng(b"v")
     public, secret = crypto.signing_keypair(rng)
-    node = NodeSession(public, secret, rng=rng, min_version=3, max_version=4)
+    node = NodeSession(public, secret, rng=rng, min_version=4, max_version=5)
     client = ClientSession(public, rng=rng)
     client.receive_data(node.data_to_send())
     with pytest.raises(RemoteProtocolError) as exc:
         client.next_event()
-    assert exc.value.code is ErrorCode.VERSION and "wire value 3 to wire value 4" in exc.value.message
+    assert exc.value.code is ErrorCode.VERSION and "wire value 4 to wire value 5" in exc.value.message
 
 
 def test_node_refuses_unsupported_client_version_with_plaintext_error():
@@ -222,14 +222,14 @@ def test_a_1_0_client_and_a_1_1_node_refuse_each_other_clearly():
     with pytest.raises(RemoteProtocolError) as exc:
         old_client.next_event()
     assert exc.value.code is ErrorCode.VERSION
-    assert exc.value.message == "the node speaks protocol 1.1, this client 1.0"
+    assert exc.value.message == "the node speaks protocol 1.1 to 1.2, this client 1.0"
 
     old_node = NodeSession(public, secret, rng=rng, min_version=PROTOCOL_V1, max_version=PROTOCOL_V1)
     client = ClientSession(public, rng=rng)
     client.receive_data(old_node.data_to_send())
     with pytest.raises(RemoteProtocolError) as exc:
         client.next_event()
-    assert exc.value.message == "the node speaks protocol 1.0, this client 1.1"
+    assert exc.value.message == "the node speaks protocol 1.0, this client 1.1 to 1.2"
 
     # A client that sends a 1.0 hello anyway gets a plain VERSION error instead of the welcome.
     from onionpost.proto.block import pad
@@ -239,7 +239,7 @@ def test_a_1_0_client_and_a_1_1_node_refuse_each_other_clearly():
     node.receive_data(pad(packb({"v": PROTOCOL_V1, "ckey": crypto.dh_keypair(rng)[0]}), BLOCK_SIZE))
     with pytest.raises(RemoteProtocolError) as exc:
         node.next_event()
-    assert exc.value.code is ErrorCode.VERSION and exc.value.message == "protocol 1.0 not supported: this node speaks 1.1"
+    assert exc.value.code is ErrorCode.VERSION and exc.value.message == "protocol 1.0 not supported: this node speaks 1.1 to 1.2"
 
 
 def malformed(session_id: bytes, corr) -> list:

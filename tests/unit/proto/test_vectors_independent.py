@@ -16,7 +16,8 @@ from nacl import bindings as sodium
 
 VECTORS = json.loads((Path(__file__).resolve().parents[2] / "vectors" / "relay-v1.json").read_text())
 INPUTS = {k: bytes.fromhex(v) if isinstance(v, str) and k != "body_text" else v for k, v in VECTORS["inputs"].items()}
-VERSION = 2  # protocol 1.1 on the wire
+VERSION = 3  # protocol 1.2 on the wire
+OLDEST = 2  # the node also speaks 1.1
 BODY = INPUTS["body_text"].encode()
 
 
@@ -47,7 +48,7 @@ def base(secret: bytes) -> bytes:
 NODE_PUBLIC, NODE_SECRET = sodium.crypto_sign_seed_keypair(INPUTS["node_identity_seed"])
 RECIPIENT_PUBLIC, RECIPIENT_SECRET = sodium.crypto_sign_seed_keypair(INPUTS["recipient_auth_seed"])
 SENDER_PUBLIC, SENDER_SECRET = sodium.crypto_sign_seed_keypair(INPUTS["sender_auth_seed"])
-CORRS = [n.to_bytes(8, "big") + INPUTS[f"corr_random_{n}"] for n in (1, 2)]
+CORRS = [n.to_bytes(8, "big") + INPUTS[f"corr_random_{n}"] for n in (1, 2, 3, 4)]
 
 
 def test_node_identity():
@@ -55,7 +56,7 @@ def test_node_identity():
 
 
 def test_hellos_and_welcome():
-    body = packb({"vmin": VERSION, "vmax": VERSION, "sess": INPUTS["session_id"], "skey": base(INPUTS["node_session_secret"]),
+    body = packb({"vmin": OLDEST, "vmax": VERSION, "sess": INPUTS["session_id"], "skey": base(INPUTS["node_session_secret"]),
                   "node": NODE_PUBLIC})
     node_hello = packb({"hello": body, "sig": sign(NODE_SECRET, b"onionpost/1 hello\x00", body)})
     client_hello = packb({"v": VERSION, "ckey": base(INPUTS["client_secret"])})
@@ -85,7 +86,7 @@ def test_command_block():
     ping = [b"", packb({"sess": INPUTS["session_id"], "corr": CORRS[1], "q": None, "cmd": "PING"})]
     content = packb([new, ping])
     vector = VECTORS["command_block"]
-    assert [bytes.fromhex(c) for c in vector["corr_ids"]] == CORRS
+    assert [bytes.fromhex(c) for c in vector["corr_ids"]] == CORRS[:2]
     assert [bytes.fromhex(t) for t in vector["transmissions"]] == [packb(new), packb(ping)]
     assert x("command_block", "content") == content
     assert x("command_block", "block") == sodium.crypto_secretbox(pad(content, 16368), bytes(24), c2s)
@@ -104,6 +105,27 @@ def test_response_block_and_queue_key():
     recipient_side = kdf(sodium.crypto_scalarmult(INPUTS["recipient_dh_secret"], node_dh), b"onionpost/1 queue")
     node_side = kdf(sodium.crypto_scalarmult(INPUTS["node_queue_dh_secret"], base(INPUTS["recipient_dh_secret"])), b"onionpost/1 queue")
     assert recipient_side == node_side == x("queue", "queue_key") and x("queue", "dhkey") == node_dh
+
+
+def nonce(n: int) -> bytes:
+    return n.to_bytes(24, "big")
+
+
+def test_session_authenticated_ack():
+    """1.2: a signed SUB, the node's OK and pushed MSG, then the ACK the session authenticates, unsigned."""
+    c2s, s2c = transport_keys()
+    rid, mid = INPUTS["rid"], INPUTS["mid"]
+    sub_body = packb({"sess": INPUTS["session_id"], "corr": CORRS[2], "q": rid, "cmd": "SUB"})
+    sub = packb([sign(RECIPIENT_SECRET, b"onionpost/1 command\x00", sub_body), sub_body])
+    box = INPUTS["delivery_nonce"] + sodium.crypto_secretbox(packb([INPUTS["now"], BODY]), INPUTS["delivery_nonce"], x("queue", "queue_key"))
+    answer = packb([{"corr": CORRS[2], "q": rid, "r": "OK"}, {"corr": None, "q": rid, "r": "MSG", "mid": mid, "box": box}])
+    ack = packb([b"", packb({"sess": INPUTS["session_id"], "corr": CORRS[3], "q": rid, "cmd": "ACK", "mid": mid})])
+    vector = VECTORS["session_authenticated_ack"]
+    assert [bytes.fromhex(c) for c in vector["corr_ids"]] == CORRS[2:]
+    assert (x("session_authenticated_ack", "sub_transmission"), x("session_authenticated_ack", "ack_transmission")) == (sub, ack)
+    assert x("session_authenticated_ack", "sub_block") == sodium.crypto_secretbox(pad(b"\x91" + sub, 16368), nonce(1), c2s)
+    assert x("session_authenticated_ack", "answer_block") == sodium.crypto_secretbox(pad(answer, 16368), nonce(1), s2c)
+    assert x("session_authenticated_ack", "ack_block") == sodium.crypto_secretbox(pad(b"\x91" + ack, 16368), nonce(2), c2s)
 
 
 def send_token() -> bytes:
