@@ -106,3 +106,12 @@ def read_counts(location: str | os.PathLike) -> tuple[int, int]:
     from .sqlite_store import read_counts as read_sqlite
 
     return read_sqlite(location)
+
+
+def __getattr__(name: str):
+    """``node.store.SQLiteQueueStore`` still works (it moved to ``node.sqlite_store``)."""
+    if name == "SQLiteQueueStore":
+        from .sqlite_store import SQLiteQueueStore
+
+        return SQLiteQueueStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
