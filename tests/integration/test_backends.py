@@ -404,3 +404,19 @@ async def test_a_del_on_one_backend_ends_the_subscriber_on_the_other(two_backend
     finally:
         await owner.close()
         await inbox.link.close()
+
+
+async def test_status_reads_the_counts_from_the_database(two_backends):
+    one, two = two_backends
+    link = await RelayLink.connect(two.address)
+    try:
+        q = await new_queue(link, node=two)
+        await new_queue(link, node=two)
+        assert isinstance(await link.request(Send(body=b"waiting"), q.snd, q.ssecret), Ok)
+    finally:
+        await link.close()
+    for backend in (one, two):  # any backend's data directory shows the node's queues
+        result = run_cli("status", "--data", str(backend.data_dir), "--json")
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert status["running"] and (status["queues"], status["messages"]) == (2, 1), status
