@@ -85,7 +85,7 @@ class PostgresCluster:
             entry = pwd.getpwnam(self._user)
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
         init = subprocess.run(
-            [str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
+            [str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale",
              "--no-sync", "--no-instructions"],
             capture_output=True, text=True, timeout=timeout, **self._run_as(),
         )
