@@ -47,6 +47,22 @@ def cpu_seconds(pid: int | str) -> float:
     return (utime + stime) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its live descendants (e.g. a node's workers, PostgreSQL's backends)."""
+    total = 0.0
+    pending = [str(pid)]
+    while pending:
+        current = pending.pop()
+        try:
+            total += cpu_seconds(current)
+            for tid in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    pending += f.read().split()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+    return total
+
+
 def thread_cpu_seconds(pid: int) -> tuple[float, float]:
     """(CPU seconds of the main thread, CPU seconds of all other threads) of a process."""
     main = others = 0.0
@@ -156,10 +172,12 @@ class NodeProcess(ChildProcess):
     started_in: float = 0.0
 
     @classmethod
-    def init(cls, data_dir: Path, **config) -> "NodeProcess":
+    def init(cls, data_dir: Path, *, store: str | None = None, **config) -> "NodeProcess":
+        """``store``: a PostgreSQL URL (``node init --store``); None for SQLite."""
         port = free_port()
         result = subprocess.run(
-            [sys.executable, "-m", "onionpost", "node", "init", "--data", str(data_dir), "--listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "onionpost", "node", "init", "--data", str(data_dir), "--listen", f"127.0.0.1:{port}",
+             *(("--store", store) if store else ())],
             capture_output=True, text=True, timeout=60, cwd=REPO, env=python_env(),
         )
         if result.returncode != 0:
@@ -175,12 +193,13 @@ class NodeProcess(ChildProcess):
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def start(self, timeout: float = 60.0, *, prefix: tuple[str, ...] = (), log_level: str = "WARNING") -> "NodeProcess":
-        """``prefix``: a command to run the node under (e.g. ``prlimit --nofile=1024:1024``)."""
+    def start(self, timeout: float = 60.0, *, prefix: tuple[str, ...] = (), log_level: str = "WARNING",
+              args: tuple[str, ...] = ()) -> "NodeProcess":
+        """``prefix``: a command to run the node under (e.g. ``prlimit --nofile=1024:1024``); ``args``: more ``node run`` flags."""
         log = open(self.log_path, "ab")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "onionpost", "node", "run", "--data", str(self.data_dir), "--log-level", log_level],
+            [*prefix, sys.executable, "-m", "onionpost", "node", "run", "--data", str(self.data_dir), "--log-level", log_level, *args],
             stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=python_env(),
         )
         log.close()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from onionpost.node.datadir import DataDir
 from onionpost.node.server import make_app
-from onionpost.node.store import SQLiteQueueStore
+from onionpost.node.sqlite_store import SQLiteQueueStore
 from onionpost.transport.tor import TorConnector
 
 

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from onionpost.node.server import PURGE_DELAY
-from onionpost.node.store import QueueRecord, SQLiteQueueStore
+from onionpost.node.sqlite_store import SQLiteQueueStore
+from onionpost.node.store import QueueRecord
 
 BOX = 15232 + 40
 

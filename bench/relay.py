@@ -46,8 +46,14 @@ def workers_for(pairs: int) -> int:
     return 1 if pairs < 10 else 2
 
 
-def run_load(mode: str, address: str, server_pid: int, pairs: int, seconds: float, pool: int, workdir: Path, window: int = WINDOW, extra: dict | None = None) -> dict:
-    """Run K pairs against a server; return throughput, latency and server cost."""
+def run_load(mode: str, address: str, server_pid: int, pairs: int, seconds: float, pool: int, workdir: Path, window: int = WINDOW, extra: dict | None = None,
+             cpu_of: dict | None = None) -> dict:
+    """Run K pairs against a server; return throughput, latency and server cost.
+
+    ``cpu_of``: more CPU counters read at the window's edges, ``{name: () -> seconds}``
+    (e.g. a node's worker processes, or the database); each gives ``<name>_cpu_us_per_msg``.
+    """
+    cpu_of = cpu_of or {}
     nworkers = workers_for(pairs)
     shares = [pairs // nworkers + (1 if i < pairs % nworkers else 0) for i in range(nworkers)]
     procs = []
@@ -75,10 +81,12 @@ def run_load(mode: str, address: str, server_pid: int, pairs: int, seconds: floa
             proc.stdin.flush()
         time.sleep(max(0.0, t0 - time.monotonic()))
         cpu0 = cpu_seconds(server_pid)
+        others0 = {name: read() for name, read in cpu_of.items()}
         threads0 = thread_cpu_seconds(server_pid)
         client_cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         time.sleep(max(0.0, t1 - time.monotonic()))
         cpu1 = cpu_seconds(server_pid)
+        others1 = {name: read() for name, read in cpu_of.items()}
         threads1 = thread_cpu_seconds(server_pid)
         client_cpu1 = sum(cpu_seconds(p.pid) for p in procs)
         rss_after = rss_bytes(server_pid)
@@ -117,6 +125,7 @@ def run_load(mode: str, address: str, server_pid: int, pairs: int, seconds: floa
         "server_rss_mib": rss_after / 2**20,
         "server_rss_before_mib": rss_before / 2**20,
         "client_processes": len(procs),
+        **{f"{name}_cpu_us_per_msg": 1e6 * (others1[name] - others0[name]) / delivered for name in cpu_of},
     }
 
 

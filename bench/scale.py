@@ -1,7 +1,7 @@
 """Workload 3: node memory at scale and restart time.
 
 * per stored idle queue: N queues written straight into the node's database
-  through ``node.store.SQLiteQueueStore`` (for speed; the same rows NEW would
+  through ``node.sqlite_store.SQLiteQueueStore`` (for speed; the same rows NEW would
   write), then the node process is started and its RSS compared with an
   empty node's started the same way (baseline: the empty node).
 * per connected idle client: C WebSocket sessions that completed the relay
@@ -32,7 +32,8 @@ KIB = 1024
 
 def fill_queues(data_dir: Path, count: int, keys: list[tuple[bytes, bytes]] | None = None) -> list[bytes]:
     """Write ``count`` secured, idle queues into a (stopped) node's database; return their rids."""
-    from onionpost.node.store import QueueRecord, SQLiteQueueStore
+    from onionpost.node.sqlite_store import SQLiteQueueStore
+    from onionpost.node.store import QueueRecord
 
     store = SQLiteQueueStore(data_dir / "node.db")
     rids = []

@@ -70,12 +70,22 @@ def init(
             "--listen stays loopback and is only the service's local target.",
         ),
     ] = False,
+    store: Annotated[
+        Optional[str],
+        typer.Option(
+            "--store",
+            help="Keep queues and messages in this PostgreSQL database (postgresql://USER@HOST:PORT/DBNAME) instead of "
+            "the SQLite file DATA/node.db; several node processes ('run --workers N', or other machines with a copy of "
+            "DATA) can then share it. Needs the 'postgres' extra. Default: SQLite, nothing to set up.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create a new node: identity key, node.json and an empty database in DATA; print its address."""
     from .datadir import DataDir
 
     directory = DataDir(data)
-    _guard(lambda: directory.init(listen, access_key or (), onion=onion))
+    _guard(lambda: directory.init(listen, access_key or (), onion=onion, store=store))
     typer.echo(str(_guard(directory.address)))
     typer.echo(f"next: start it with 'onionpost node run --data {data}'; people add the address above with "
                "'onionpost relay add ADDRESS'", err=True)
@@ -152,6 +162,15 @@ def run(
             show_default=False,
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Run N backend processes that share the listen port (SO_REUSEPORT: the kernel spreads new "
+            "connections among them), so all cores are used. Needs a PostgreSQL store (init --store); loopback nodes only.",
+            min=1, max=256,
+        ),
+    ] = 1,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM (exit status 0).
 
@@ -189,9 +208,24 @@ def run(
 
     from .status import read_status
 
-    live = _guard(lambda: read_status(directory)) if directory.db_path.exists() else {}
+    if workers > 1 and config.store is None:
+        _fail("--workers needs a PostgreSQL store (create the node with 'onionpost node init --store postgresql://...'): "
+              "the SQLite store belongs to one process")
+    if workers > 1 and config.onion is not None:
+        _fail("--workers runs loopback backends; an onion node runs one process (see docs/operations.md)")
+    live = _guard(lambda: read_status(directory)) if config.store is not None or directory.db_path.exists() else {}
     if live.get("running"):
         _fail(f"a node is already running on {data} (see 'onionpost node status --data {data}'); stop it first")
+    if workers > 1:
+        from .workers import run_workers
+
+        node_address = _guard(directory.address)
+        code = run_workers(
+            workers,
+            lambda worker, ready: _guard(lambda: _run_loop(serve(directory, ready, trace_path=trace, worker=worker))),
+            lambda: listening(node_address),
+        )
+        raise typer.Exit(code)
     try:
         _guard(lambda: _run_loop(serve(directory, listening, options, trace_path=trace)))
     except KeyboardInterrupt:

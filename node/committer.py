@@ -40,7 +40,7 @@ from typing import Any
 from onionpost.proto import Error, ErrorCode
 
 from .mailbox import Refused
-from .store import QueueStore
+from .store import QueueStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,8 @@ class Committer:
 
     @staticmethod
     def _failed(operations: list[Operation], exc: Exception) -> list[Error]:
-        log.error("store transaction failed, %d command(s) not applied: %s", len(operations), type(exc).__name__)
+        reason = str(exc) if isinstance(exc, StoreError) else type(exc).__name__  # a StoreError names no client data
+        log.error("store transaction failed, %d command(s) not applied: %s", len(operations), reason)
         return [internal_error()] * len(operations)
 
     def _run_plain(self, operation: Operation) -> Any:

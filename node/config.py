@@ -78,6 +78,9 @@ class NodeConfig:
     """Seconds between two summary lines of routine failures (refused connections, failed sessions)."""
     onion: OnionConfig | None = None
     """None: a loopback node (reached directly). Set: an onion service (see ``OnionConfig``)."""
+    store: str | None = None
+    """None: the SQLite database ``node.db`` in the data directory. Else a ``postgresql://`` URL
+    (``node.store``), which several processes of this node may share."""
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -85,6 +88,8 @@ class NodeConfig:
         data["access_keys"] = list(self.access_keys)
         if self.onion is None:
             del data["onion"]  # loopback nodes keep the node.json they always had
+        if self.store is None:
+            del data["store"]  # and SQLite nodes too
         return {"listen": listen, **data}
 
     @classmethod
@@ -98,7 +103,7 @@ class NodeConfig:
             raise ConfigError("the configuration must be a JSON object")
         known = {
             "listen", "access_keys", "quota", "ttl", "unsecured_limit", "throttle", "sweep_interval", "onion",
-            "connections", "log_interval", "rewrite_interval",
+            "connections", "log_interval", "rewrite_interval", "store",
         }
         unknown = set(data) - known
         if unknown:
@@ -128,6 +133,7 @@ class NodeConfig:
             log_interval=_number("log_interval", data.get("log_interval", cls.log_interval)),
             rewrite_interval=_number("rewrite_interval", data.get("rewrite_interval", cls.rewrite_interval)),
             onion=None if data.get("onion") is None else _onion(data["onion"]),
+            store=None if data.get("store") is None else check_store_url(data["store"]),
         )
 
     def dumps(self) -> str:
@@ -204,6 +210,14 @@ def _connections(value: object) -> Connections:
         rate=_number("connections.rate", value.get("rate", default.rate)),
         burst=_integer("connections.burst", value.get("burst", default.burst), 1, 10**6),
     )
+
+
+def check_store_url(url: object) -> str:
+    """A PostgreSQL connection URL (``postgresql://[user[:password]@][host][:port]/dbname[?...]``)."""
+    if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"--store {url!r}: give a PostgreSQL URL such as postgresql://user@host:5432/onionpost "
+                          "(leave it out for the default SQLite file in the data directory)")
+    return url
 
 
 def check_access_key(key: object) -> str:

@@ -17,7 +17,7 @@ from onionpost.proto import crypto
 
 from onionpost.torconfig.onion_keys import onion_address_of_key
 
-from .config import ConfigError, NodeConfig, OnionConfig, check_access_key, parse_listen
+from .config import ConfigError, NodeConfig, OnionConfig, check_access_key, check_store_url, parse_listen
 
 CONFIG_FILE = "node.json"
 IDENTITY_FILE = "identity.key"
@@ -81,11 +81,14 @@ class DataDir:
         rng=os.urandom,
         *,
         onion: bool = False,
+        store: str | None = None,
     ) -> NodeConfig:
         """Create a new node here: identity, configuration and an empty database.
 
         With ``onion``, also a persistent onion service key (``onion.key``);
         the node is then published as ``<name>.onion:80`` when it runs.
+        ``store``: a ``postgresql://`` URL instead of ``node.db``; the database
+        is checked (and its tables created) before anything is written here.
 
         Raises:
             DataDirError: a node already exists here, or the directory cannot be made.
@@ -93,24 +96,35 @@ class DataDir:
         """
         host, port = parse_listen(listen or "")
         keys = tuple(check_access_key(k) for k in access_keys)
+        if store is not None:
+            store = check_store_url(store)
         if self.config_path.exists() or self.identity_path.exists() or self.onion_key_path.exists():
             raise DataDirError(f"a node already exists in {self.path}; refusing to overwrite it")
         if port == 0:
             port = free_port(host)
-        config = NodeConfig(host=host, port=port, access_keys=keys, onion=OnionConfig() if onion else None)
+        config = NodeConfig(host=host, port=port, access_keys=keys, onion=OnionConfig() if onion else None, store=store)
+        from .store import open_store  # local import: the store is not needed to read a config
+
+        seed = rng(SEED_SIZE)
+        if store is not None:  # a wrong URL fails before the directory is touched
+            open_store(store, identity=Identity.from_seed(seed).public).close()
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.path, 0o700)
-            write_private(self.identity_path, rng(SEED_SIZE))
+            write_private(self.identity_path, seed)
             if onion:
                 write_private(self.onion_key_path, rng(SEED_SIZE))
             write_private(self.config_path, config.dumps().encode())
         except OSError as exc:
             raise DataDirError(f"cannot create the node in {self.path}: {exc.strerror or exc}") from None
-        from .store import SQLiteQueueStore  # local import: the store is not needed to read a config
-
-        SQLiteQueueStore(self.db_path).close()
+        if store is None:
+            open_store(self.db_path).close()
         return config
+
+    def store_location(self, config: NodeConfig | None = None) -> str | Path:
+        """Where the node's queues are: its PostgreSQL URL, else ``node.db`` here."""
+        config = config or self.load_config()
+        return config.store if config.store is not None else self.db_path
 
     def load_config(self) -> NodeConfig:
         self._check_exists()

@@ -157,6 +157,10 @@ class Mailbox:
             raise Refused(ErrorCode.AUTH, "not signed with the queue's recipient key")
         return queue
 
+    def oldest(self, rid: bytes) -> Message | None:
+        """The queue's oldest live message, for a push (another backend stored it: ``node.cluster``)."""
+        return self._oldest(rid)
+
     def _oldest(self, rid: bytes) -> Message | None:
         return _message(self.store.oldest_message(rid, self._since()))
 

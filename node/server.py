@@ -15,10 +15,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 
 from aiohttp import web
 
-from onionpost.proto import MAX_VERSION, NodeAddress, NodeSession
+from onionpost.proto import MAX_VERSION, Message, NodeAddress, NodeSession
 from onionpost.proto import crypto
 from onionpost.transport import Connector
 from onionpost.transport.connector import MAX_MESSAGE, WEBSOCKET_PATH
@@ -35,7 +36,7 @@ from .mailbox import Mailbox
 from .onion import NodeTor, Progress, TorOptions, print_progress
 from .onion import _Stopped as TorStopped
 from .status import remove_status, write_status
-from .store import QueueStore, SQLiteQueueStore
+from .store import QueueStore, is_postgres, open_store
 from .subscriptions import Subscriptions
 from .tally import Tally
 from .throttle import TokenBucket
@@ -73,7 +74,15 @@ class Node:
         self.tally = Tally()
         self.mailbox = Mailbox(store, config, clock=clock, rng=rng)
         self.committer = Committer(store)
-        self.subscriptions = Subscriptions()
+        self.cluster = None
+        """Set on a PostgreSQL store: hears the other backends of this node (``node.cluster``)."""
+        if is_postgres(getattr(store, "url", None)):
+            from .cluster import Cluster
+
+            self.cluster = Cluster(store.url, store.origin, self._oldest)
+            self.subscriptions = self.cluster.subscriptions
+        else:
+            self.subscriptions = Subscriptions()
         if loopback_forwarding is None:
             loopback_forwarding = config.onion is None
         self.forwarder = Forwarder(connector, tally=self.tally, loopback=loopback_forwarding)
@@ -89,6 +98,10 @@ class Node:
         self._tasks: list[asyncio.Task] = []
         self._purge: asyncio.TimerHandle | asyncio.Task | None = None
         self.dispatcher.on_delete = self.purge_soon
+
+    async def _oldest(self, rid: bytes) -> Message | None:
+        result = await self.committer.call(partial(self.mailbox.oldest, rid))
+        return result if isinstance(result, Message) else None
 
     def address(self, host: str, port: int) -> NodeAddress:
         return NodeAddress(self.identity.public, host, port)
@@ -215,6 +228,8 @@ class Node:
                 self.tally.count(f"status file not written ({exc.strerror or type(exc).__name__})")
 
     async def start(self, app: web.Application) -> None:
+        if self.cluster is not None:
+            await self.cluster.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(t) for t in (self._sweep_loop(), self._tally_loop(), self._rewrite_loop())]
         if self.status_path is not None:
@@ -232,6 +247,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.forwarder.close()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.committer.close()  # SQLite checkpoints and removes the WAL as the last connection closes
         self.tally.flush(self.config.log_interval)
         if self.status_path is not None:
@@ -318,8 +335,11 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     log.error("%s%s", context.get("message", "unhandled error"), f": {type(exc).__name__}" if exc is not None else "")
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """Bind and listen on ``host:port`` now, so a busy port fails at once (not after tor's bootstrap).
+
+    ``reuse_port``: SO_REUSEPORT, so the node's worker processes each listen on
+    the same port and the kernel spreads new connections among them.
 
     Raises:
         OSError: the address cannot be bound; the message names it.
@@ -328,6 +348,8 @@ def bind_listener(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart must not wait for TIME_WAIT
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
@@ -344,8 +366,13 @@ async def run(
     tor_options: TorOptions | None = None,
     progress: Progress | None = print_progress,
     trace_path=None,
+    *,
+    worker: int | None = None,
 ) -> None:
     """Serve ``data_dir`` until SIGINT or SIGTERM.
+
+    ``worker``: this process is worker number ``worker`` of ``node run --workers``
+    (it shares the port with SO_REUSEPORT; only worker 0 writes status.json).
 
     A loopback node listens and calls ``on_listening`` at once. An onion-mode
     node first gets its tor (``tor_options``: launch one, by default, or
@@ -373,7 +400,7 @@ async def run(
     store: QueueStore | None = None
     descriptors = raise_descriptor_limit()
     one_line_logs()
-    sock = bind_listener(config.host, config.port)
+    sock = bind_listener(config.host, config.port, reuse_port=worker is not None)
     try:
         connector = None
         if seed is not None:
@@ -382,7 +409,7 @@ async def run(
             await tor.start()
             connector = TorConnector(socks_port=tor.socks_port, on_unreachable=tor.refresh_circuits)
             tor.on_socks_port = lambda port: setattr(connector, "socks_port", port)
-        store = SQLiteQueueStore(data_dir.db_path)
+        store = open_store(data_dir.store_location(config), identity=identity.public)
         trace = None
         if trace_path is not None:
             from .trace import RelayTrace
@@ -390,7 +417,8 @@ async def run(
             trace = RelayTrace(trace_path)
         # A loopback node is for development; an onion node reaches loopback nodes only on a private test network.
         loopback = config.onion is None or (tor_options is not None and tor_options.testnet is not None)
-        app = make_app(config, identity, store, connector=connector, status_path=data_dir.status_path,
+        status_path = data_dir.status_path if not worker else None
+        app = make_app(config, identity, store, connector=connector, status_path=status_path,
                        loopback_forwarding=loopback, trace=trace)
         if tor is not None:
             node = app[NODE_KEY]

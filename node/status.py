@@ -28,7 +28,7 @@ def remove_status(path: Path) -> None:
 
 def read_status(data_dir) -> dict:
     """Counts for a data directory: queues and messages from the database, live figures if the node runs."""
-    queues, messages = read_counts(data_dir.db_path)
+    queues, messages = read_counts(data_dir.store_location())
     status = {"running": False, "queues": queues, "messages": messages, "connections": None, "sessions": None, "subscriptions": None}
     try:
         live = json.loads(data_dir.status_path.read_text())

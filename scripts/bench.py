@@ -8,7 +8,9 @@
     python3 scripts/bench.py --only defences  # opt-in, ~30 minutes: each defence against the linkage attack
 
 Workloads (bench/ modules): relay (throughput and CPU per message vs a raw
-aiohttp relay), prosody (the same workload through Prosody), scale (memory per
+aiohttp relay), stores (the same load on SQLite, PostgreSQL with 1 backend and
+with 2: msgs/s, node and database CPU per message, scaling efficiency),
+prosody (the same workload through Prosody), scale (memory per
 queue, client and subscription; restart time), tor (latency over a private Tor
 network), crypto (client-side crypto), daemon (the client daemon: CLI send vs
 one-shot, an idle daemon with 50 contacts; its Tor figures only when Tor runs),
@@ -38,11 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the workloads in bench/ are not installed; onionpost itself is
 
-from bench import crypto, daemon, defences, prosody, relay, report, scale, tor  # noqa: E402
+from bench import crypto, daemon, defences, prosody, relay, report, scale, stores, tor  # noqa: E402
 from bench.common import Result, Skipped  # noqa: E402
 
-WORKLOADS = {"relay": relay, "prosody": prosody, "scale": scale, "tor": tor, "crypto": crypto, "daemon": daemon,
-             "defences": defences}
+WORKLOADS = {"relay": relay, "stores": stores, "prosody": prosody, "scale": scale, "tor": tor, "crypto": crypto,
+             "daemon": daemon, "defences": defences}
 OPT_IN = ("defences",)
 """Workloads that run only when named with --only (they take long)."""
 

@@ -35,6 +35,13 @@ if ! command -v tcpdump >/dev/null && [ ! -x /usr/sbin/tcpdump ]; then
     apt_install tcpdump
 fi
 
+# PostgreSQL's server programs, for the tests and the bench of the PostgreSQL store (they start a
+# throwaway cluster; a node with the default SQLite store needs none). Debian keeps initdb in
+# /usr/lib/postgresql/<version>/bin, off PATH.
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
+fi
+
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "error: onionpost needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version 2>&1 || echo missing)" >&2
     exit 1

@@ -86,7 +86,7 @@ async def start_in_process(data_dir: Path, patch=None):
 
     from onionpost.node.datadir import DataDir
     from onionpost.node.server import NODE_KEY, make_app
-    from onionpost.node.store import SQLiteQueueStore
+    from onionpost.node.sqlite_store import SQLiteQueueStore
 
     data = DataDir(data_dir)
     config = data.load_config()

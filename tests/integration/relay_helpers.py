@@ -47,10 +47,13 @@ class NodeProcess:
         """Queue ids created by the test; the log must never show them."""
 
     @classmethod
-    def create(cls, data_dir: Path, *, access_keys: tuple[str, ...] = (), **config) -> "NodeProcess":
+    def create(cls, data_dir: Path, *, access_keys: tuple[str, ...] = (), store: str | None = None, **config) -> "NodeProcess":
+        """``store``: a PostgreSQL URL (``node init --store``); None for the default SQLite file."""
         args = ["init", "--data", str(data_dir)]
         for key in access_keys:
             args += ["--access-key", key]
+        if store is not None:
+            args += ["--store", store]
         result = run_cli(*args)
         assert result.returncode == 0, result.stderr
         if config:
@@ -62,11 +65,11 @@ class NodeProcess:
         node.address = parse_node_address(result.stdout.strip())
         return node
 
-    def start(self, timeout: float = 30.0, *, preexec_fn=None) -> "NodeProcess":
-        """``preexec_fn`` runs in the child before the node starts (e.g. to lower its RLIMIT_NOFILE)."""
+    def start(self, timeout: float = 30.0, *, preexec_fn=None, args: tuple[str, ...] = ()) -> "NodeProcess":
+        """``preexec_fn`` runs in the child before the node starts (e.g. to lower its RLIMIT_NOFILE); ``args``: more flags for ``node run``."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "onionpost", "node", "run", "--data", str(self.data_dir)],
+            [sys.executable, "-m", "onionpost", "node", "run", "--data", str(self.data_dir), *args],
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=REPO,

@@ -15,8 +15,8 @@ BATCH = 16
 
 
 @pytest.mark.timeout(180)
-async def test_confirmed_sends_survive_sigkill(node_factory):
-    node = node_factory("crashy", quota=1_000_000)
+async def test_confirmed_sends_survive_sigkill(node_factory, store_url):
+    node = node_factory("crashy", quota=1_000_000, store=store_url)
     rng = random.Random(20240601)
     link = await RelayLink.connect(node.address)
     q = await new_queue(link, node=node)

@@ -20,12 +20,18 @@ def two_nodes(node_factory):
     return node_factory("a"), node_factory("b")
 
 
+@pytest.fixture
+def to_each_store(node_factory, store_url):
+    """Two nodes; the destination ``b`` on each store (its envelope replay record is in the SEND's transaction)."""
+    return node_factory("a"), node_factory("b", store=store_url)
+
+
 def seal(node, q, body: bytes, *, signed: bool = True, now: float | None = None):
     return forward.seal_send(node.address.key, q.snd, Send(body=body), q.ssecret if signed else None, int(now or time.time()))
 
 
-async def test_forward_to_another_node(two_nodes):
-    a, b = two_nodes
+async def test_forward_to_another_node(to_each_store):
+    a, b = to_each_store
     sender = await RawClient.connect(a.address)
     recipient = await RawClient.connect(b.address)
     try:
@@ -148,11 +154,11 @@ async def test_forward_bad_or_unreachable_destination(node_factory):
         await client.close()
 
 
-async def test_rfwd_from_a_client_session_is_no_more_than_a_direct_send(node_factory):
+async def test_rfwd_from_a_client_session_is_no_more_than_a_direct_send(node_factory, store_url):
     """Item 5: relay.md allows RFWD from any session; its inner SEND gets exactly the checks of a direct SEND."""
     from onionpost.proto import RelayForward, RelayForwardResult
 
-    b = node_factory("b")
+    b = node_factory("b", store=store_url)
     client = await RawClient.connect(b.address)
     try:
         q = await new_queue(client, node=b)

@@ -12,7 +12,7 @@ from aiohttp import web
 from onionpost.node.config import NodeConfig
 from onionpost.node.datadir import Identity
 from onionpost.node.server import NODE_KEY, make_app
-from onionpost.node.store import SQLiteQueueStore, read_counts
+from onionpost.node.sqlite_store import SQLiteQueueStore, read_counts
 from onionpost.proto import (
     BLOCK_SIZE, Ack, Delete, Error, ErrorCode, Forward, Get, Message, NodeAddress, NoMessage, Ok, Ping, Pong, Send, Subscribe,
 )

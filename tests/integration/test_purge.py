@@ -65,3 +65,76 @@ async def test_deleted_queue_and_acknowledged_message_leave_every_file(node_fact
     finally:
         await client.close()
     print(f"purged {purged_after:.2f} s after the answers")
+
+
+REWRITE_INTERVAL = 2.0
+
+
+def found_in_files(directory, secrets: dict[str, bytes]) -> list[str]:
+    found = []
+    for path in directory.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{name} in {path.name}" for name, secret in secrets.items() if secret in data]
+    return found
+
+
+async def test_postgresql_deleted_data_leaves_the_table_files_not_the_wal(node_factory, pg_cluster):
+    """What docs/protocol/relay.md "Threat model" says of the PostgreSQL store, checked.
+
+    After DEL and ACK, the node VACUUMs (within PURGE_DELAY) and rebuilds its tables (CLUSTER, every
+    ``rewrite_interval``); once PostgreSQL has written its pages back (a checkpoint), no file of the node's
+    database holds the deleted data. The WAL still does: that is why the operator's disk must be encrypted.
+    """
+    import psycopg
+
+    url = pg_cluster.url("purge")
+    node = node_factory("pgpurge", store=url, rewrite_interval=REWRITE_INTERVAL)
+    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as admin:
+        oid = admin.execute("SELECT oid FROM pg_database WHERE datname = 'purge'").fetchone()[0]
+    with psycopg.connect(url) as db:  # the autovacuum policy docs/operations.md describes
+        options = dict(db.execute("SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                                  "('messages', 'queues', 'seen_envelopes', 'sent_tokens')").fetchall())
+    assert len(options) == 4 and all("autovacuum_vacuum_threshold=50" in o for o in options.values()), options
+    tables = pg_cluster.data / "base" / str(oid)
+
+    def checkpoint() -> None:
+        with psycopg.connect(pg_cluster.admin_url, autocommit=True) as admin:
+            admin.execute("CHECKPOINT")
+
+    client = await RawClient.connect(node.address)
+    try:
+        gone = await new_queue(client, node=node)
+        kept = await new_queue(client, node=node)
+        for i in range(3):
+            assert isinstance(await client.request(Send(body=b"secret %d" % i * 1000), gone.snd, gone.ssecret), Ok)
+        in_gone = await client.request(Get(), gone.rid, gone.rsecret)
+        assert isinstance(await client.request(Send(body=b"delivered" * 1000), kept.snd, kept.ssecret), Ok)
+        acked = await client.request(Get(), kept.rid, kept.rsecret)
+        secrets = {
+            "deleted rid": gone.rid, "deleted snd": gone.snd, "deleted rkey": gone.rkey, "deleted skey": gone.skey,
+            "deleted queue key": gone.queue_key, "deleted mid": in_gone.mid, "acked mid": acked.mid,
+            **{f"deleted box {i}": c for i, c in enumerate(chunks(in_gone.box))},
+            **{f"acked box {i}": c for i, c in enumerate(chunks(acked.box))},
+        }
+        checkpoint()
+        present = found_in_files(tables, secrets)
+        assert any("deleted rid" in p for p in present) and any("acked box" in p for p in present), present
+
+        assert isinstance(await client.request(Ack(mid=acked.mid), kept.rid, kept.rsecret), Ok)
+        assert isinstance(await client.request(Delete(), gone.rid, gone.rsecret), Ok)
+        answered = time.monotonic()
+        bound = PURGE_BOUND + 2 * REWRITE_INTERVAL
+        while True:
+            checkpoint()
+            if not (present := found_in_files(tables, secrets)):
+                break
+            assert time.monotonic() - answered < bound, f"still in the table files after {bound} s: {present}"
+            await asyncio.sleep(0.2)
+        purged_after = time.monotonic() - answered
+        assert found_in_files(tables, {"kept rid": kept.rid})
+        assert found_in_files(pg_cluster.data / "pg_wal", {"deleted box": chunks(in_gone.box)[1]}), \
+            "the WAL keeps deleted rows until its segments are reused: the threat model says so"
+    finally:
+        await client.close()
+    print(f"left the table files {purged_after:.2f} s after the answers (the WAL keeps them)")

@@ -1,6 +1,7 @@
 """A real node process and real WebSocket clients: the queue life cycle and subscriptions."""
 
 import asyncio
+import os
 
 import pytest
 
@@ -20,10 +21,22 @@ from onionpost.proto import (
     Suspend,
 )
 from onionpost.proto import delivery
-from tests.integration.relay_helpers import RawClient, new_queue
+from tests.integration.conftest import STORES, finish
+from tests.integration.relay_helpers import NodeProcess, RawClient, new_queue
 from onionpost.transport import RelayError, RelayLink
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module", params=STORES)
+def shared_node(request, tmp_path_factory):
+    """One node per store for this module: every test here runs on SQLite and on PostgreSQL."""
+    store = None
+    if request.param == "postgresql":
+        store = request.getfixturevalue("pg_cluster").url(f"lifecycle{os.getpid()}")
+    node = NodeProcess.create(tmp_path_factory.mktemp(request.param) / "node", store=store).start()
+    yield node
+    finish([node])
 
 
 class Pushes:

@@ -14,7 +14,7 @@ from aiohttp import web
 from onionpost.node.config import NodeConfig
 from onionpost.node.datadir import Identity
 from onionpost.node.server import NODE_KEY, make_app
-from onionpost.node.store import SQLiteQueueStore
+from onionpost.node.sqlite_store import SQLiteQueueStore
 from onionpost.proto import Ack, Delete, Error, Get, Message, NodeAddress, NoMessage, Ok, Send, Subscribe, SubscriptionEnded, Suspend
 from onionpost.proto.versions import PROTOCOL_V1_1, PROTOCOL_V1_2
 from onionpost.transport import RelayLink

@@ -10,7 +10,8 @@ import pytest
 
 from onionpost.node.committer import Committer
 from onionpost.node.mailbox import Refused
-from onionpost.node.store import QueueRecord, SQLiteQueueStore
+from onionpost.node.sqlite_store import SQLiteQueueStore
+from onionpost.node.store import QueueRecord
 from onionpost.proto import Error, ErrorCode
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,7 +7,7 @@ import pytest
 
 from onionpost.node.config import NodeConfig
 from onionpost.node.mailbox import Acked, Mailbox, Refused, Relayed, Stored, Subscribed
-from onionpost.node.store import SQLiteQueueStore
+from onionpost.node.sqlite_store import SQLiteQueueStore
 from onionpost.proto import (
     Ack,
     Delete,

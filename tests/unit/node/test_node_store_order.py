@@ -11,7 +11,8 @@ import sqlite3
 
 import pytest
 
-from onionpost.node.store import SQLiteQueueStore, QueueRecord
+from onionpost.node.sqlite_store import SQLiteQueueStore
+from onionpost.node.store import QueueRecord
 
 COUNT = 12
 """Queues per store: as in the issue, few enough that their rows share one page, where order shows best."""
