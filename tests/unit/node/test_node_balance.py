@@ -1,5 +1,6 @@
 """One .onion for several backends, without Tor: Onionbalance's files, node.json, the CLI's checks."""
 
+import asyncio
 import datetime
 import json
 import os
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from onionpost.node.cli import app
 from onionpost.node.config import ConfigError, NodeConfig, OnionConfig
 from onionpost.node.datadir import DataDir
+from onionpost.node.onion import NodeTor, TorOptions
 from onionpost.torconfig import onion_keys, onionbalance
 
 pytestmark = pytest.mark.timeout(60)
@@ -165,9 +167,6 @@ def test_testnet_timing_follows_the_voting_interval():
     original = consensus.Consensus(do_refresh_consensus=False)
     original.consensus = twenty.consensus
 
-    class Testnet:
-        is_testnet = True
-
     from onionbalance.hs_v3 import onionbalance as ob
 
     saved, ob.my_onionbalance.is_testnet = ob.my_onionbalance.is_testnet, True
@@ -181,3 +180,38 @@ def test_testnet_timing_follows_the_voting_interval():
         ob.my_onionbalance.is_testnet = saved
     start = timing._start_of_current_srv_run(ten)
     assert start % 240 == 0 and 0 <= at.replace(tzinfo=datetime.timezone.utc).timestamp() - start < 240
+
+
+class FakeControl:
+    """Records what a backend's NodeTor asks of tor (no tor)."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    async def descriptor_findable(self, address):
+        self.calls.append(("check", address))
+        return False
+
+    async def remove_instance(self, hs_dir):
+        self.calls.append(("remove", hs_dir))
+
+    async def publish_instance(self, hs_dir, options, *, timeout=0):
+        self.calls.append(("publish", hs_dir, options, (hs_dir / "ob_config").read_text()))
+        return onion_keys.onion_address_of_key(onion_keys.from_secret_key_file((hs_dir / "hs_ed25519_secret_key").read_bytes()))
+
+
+async def test_a_backend_publishes_its_instance_for_the_master_and_republishes_it(tmp_path):
+    master = onion_keys.onion_address_of_key(MASTER)
+    tor = NodeTor(DataDir(tmp_path), INSTANCE, 80, ("127.0.0.1", 4000), TorOptions(), asyncio.Event(), progress=None,
+                  master=master)
+    control = tor.control = FakeControl()
+    await tor.publish()
+    instance_dir = tmp_path / "instance"
+    conf = onionbalance.instance_service_conf(80, 4000)
+    assert control.calls == [("publish", instance_dir, conf, f"MasterOnionAddress {master}\n")]
+    for _ in range(2):  # clients cannot find the instance's descriptor twice in a row
+        await tor._check_findable()  # noqa: SLF001
+    instance = onion_keys.onion_address_of_key(INSTANCE)
+    assert control.calls[1:] == [("check", instance), ("check", instance), ("remove", instance_dir),
+                                 ("publish", instance_dir, conf, f"MasterOnionAddress {master}\n")]
+    assert tor.published and tor.state == "published"
