@@ -91,8 +91,11 @@ async def run_frontend(data_dir: DataDir, options: TorOptions, on_published: Cal
             raise NodeTorError(f"could not start the frontend's tor: {exc}") from None
         if stop.is_set():
             return
-        control = await TorControl.connect(tor.control_port, cookie_path=tor.control_cookie_path)
-        uploads = await control.listen_uploads(master)
+        try:
+            control = await TorControl.connect(tor.control_port, cookie_path=tor.control_cookie_path)
+            uploads = await control.listen_uploads(master)
+        except TorError as exc:
+            raise NodeTorError(f"cannot use the control port of the frontend's tor: {exc}") from None
         set_state("publishing")
         log_path = balance_dir / onionbalance.LOG_FILE
         balancer = onionbalance.start(config_path, tor.control_port, log_path, testnet=testnet is not None)

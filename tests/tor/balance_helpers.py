@@ -7,6 +7,8 @@ the same setup.
 """
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -84,3 +86,38 @@ async def new_queue(address: str, socks_port: int, timeout: float = 60.0) -> flo
     finally:
         await network.close()
     return time.monotonic() - started
+
+
+async def conversation_survives_backend_kill(node: BalancedNode, homes_base: Path, testnet: Path,
+                                             within: float = 240.0) -> float:
+    """Alice and Bob talk through the master address; a backend is SIGKILLed mid-conversation; every
+    message arrives, exactly once, in order. Returns the seconds from the kill until all arrived.
+
+    Only for backends that share one store (``balanced_node(..., backend_args=("--store", URL))``):
+    with a store per backend, a queue lives on the backend that created it and a circuit introduced
+    to the other finds no such queue (this is what the follow-up test shows once the store exists).
+    """
+    from tests.tor.workflow_helpers import clients, connect_pair, make_homes, settle_until, texts
+
+    homes = make_homes([node, node], homes_base)  # both use the master address
+    assert await connect_pair(homes, testnet) == (["connected"], ["connected"])
+    async with clients(homes, testnet, timeout=30) as (alice, bob):
+        bob_alias = alice.agent.contacts()[0].alias
+        await alice.agent.send(bob_alias, "before")
+        await alice.agent.flush()
+        await settle_until(lambda: texts(bob.agent, "alice", "in") == ["before"], bob.agent, alice.agent, within=within)
+        victim = node.backends[0]
+        killed = time.monotonic()
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(10)
+        for i in range(3):
+            await alice.agent.send(bob_alias, f"a{i}")
+            await bob.agent.send("alice", f"b{i}")
+        await alice.agent.flush()
+        await bob.agent.flush()
+        wanted_bob, wanted_alice = ["before"] + [f"a{i}" for i in range(3)], [f"b{i}" for i in range(3)]
+        await settle_until(lambda: texts(bob.agent, "alice", "in") == wanted_bob
+                           and texts(alice.agent, bob_alias, "in") == wanted_alice, bob.agent, alice.agent, within=within)
+        assert texts(bob.agent, "alice", "in") == wanted_bob
+        assert texts(alice.agent, bob_alias, "in") == wanted_alice
+        return time.monotonic() - killed

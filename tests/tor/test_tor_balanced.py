@@ -14,13 +14,15 @@ check with ``settle_until`` that every message arrives, exactly once.
 """
 
 import os
+import re
 import signal
 import time
 
 import pytest
 
 from tests.tor.balance_helpers import balanced_node, new_queue, node_status
-from onionpost.torconfig import TorError
+from tests.tor.tor_helpers import assert_all_stopped
+from onionpost.torconfig import TorError, process
 from onionpost.torconfig.control import TorControl
 from onionpost.torconfig.onion_keys import onion_address_of_key
 
@@ -98,6 +100,14 @@ async def test_two_backends_behind_one_onion_and_one_killed(tor_network, client_
         print("next connections: " + ", ".join(f"{t:.1f} s ({len(failed)} failed)" for t, failed in took[1:]))
         assert queues(survivor) == before + len(took)
         assert node.frontend.proc.poll() is None and survivor.proc.poll() is None
+
+        # A frontend killed by PID leaves neither its Onionbalance nor its tor behind.
+        log = (node.frontend.data.parent / f"{node.frontend.data.name}.log").read_text()
+        balancer = int(re.search(r"onionbalance \(pid (\d+)\)", log)[1])
+        tors = process.tor_pids_under(node.frontend.data / "tor")
+        assert tors and process.pid_alive(balancer)
+        os.kill(node.frontend.proc.pid, signal.SIGKILL)
+        assert_all_stopped([balancer, *tors], timeout=30)
 
 
 async def queue_until_served(address: str, socks_port: int, deadline: float) -> tuple[float, list[str]]:
