@@ -186,6 +186,8 @@ def run(
     An onion node (created with 'init --onion') launches its own tor under DATA/tor by default (bootstrap progress on stderr), or uses an existing one (--tor-control and --tor-socks). It prints the 'listening' line only once its onion service is published, forwards to other onion nodes through tor's SOCKS port (to loopback nodes directly), restarts a launched tor that dies, and on exit removes its service and stops the tor it launched.
 
     A loopback node ignores the Tor flags, with a warning.
+
+    A balanced frontend ('init --onion --balanced') serves no client: it launches a tor and Onionbalance, which publish the master .onion with the introduction points of its backends ('init --onion --backend-of'), and prints one line once the master descriptor is published. A backend runs as any onion node and announces the master address.
     """
     from .datadir import DataDir
     from .onion import TorOptions
