@@ -13,6 +13,7 @@ through the master address (``workflow_helpers.connect_pair`` on
 check with ``settle_until`` that every message arrives, exactly once.
 """
 
+import asyncio
 import os
 import re
 import signal
@@ -74,13 +75,13 @@ async def test_two_backends_behind_one_onion_and_one_killed(tor_network, client_
         finally:
             await control.close()
 
-        # Two clients reach the master address; each new circuit is introduced to either backend.
+        # Clients reach the master address (each new_queue is a client of its own, on a new circuit);
+        # each introduction goes to either backend, at random.
         deadline = time.monotonic() + SPREAD_DEADLINE
         attempts = 0
         while min(counts := [queues(b) for b in node.backends]) == 0 and time.monotonic() < deadline:
-            for client in ("alice", "bob"):
-                await new_queue(node.address, client_tor.socks_port)
-                attempts += 1
+            await asyncio.gather(*(new_queue(node.address, client_tor.socks_port) for _ in range(2)))
+            attempts += 2
         assert min(counts) > 0, f"after {attempts} new queues, queues per backend: {counts}"
         print(f"{attempts} queues through the master address spread over both backends: {counts}")
 
