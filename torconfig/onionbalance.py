@@ -144,13 +144,15 @@ def start(config_path: Path, control_port: int, log_path: Path, *, testnet: bool
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGTERM when the process that started it ends, even by SIGKILL (Linux; the frontend's
+    """In the child: SIGKILL when the process that started it ends, even by SIGKILL (Linux; the frontend's
     tor goes the same way through ``__OwningControllerProcess``). Call ``start`` from the main thread: the
-    signal follows the starting thread."""
+    signal follows the starting thread. Not SIGTERM: Onionbalance's handler closes its control connection
+    and exits, which hung (stem's threads) when its tor was going away at the same moment; it keeps no
+    state to save."""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _write_private(path: Path, data: bytes) -> None:
