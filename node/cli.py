@@ -80,15 +80,44 @@ def init(
             show_default=False,
         ),
     ] = None,
+    balanced: Annotated[
+        bool,
+        typer.Option(
+            "--balanced",
+            help="With --onion: make the frontend of one .onion served by several backends (Onionbalance). Its "
+            "onion.key is the master key; 'node run' on it runs tor and Onionbalance, no relay. Add backends with "
+            "--backend-of.",
+        ),
+    ] = False,
+    backend_of: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--backend-of",
+            help="With --onion: make a backend of the frontend in this data directory: same node identity, its own "
+            "onion service key, reached by clients through the frontend's address. Lists the backend in the "
+            "frontend's node.json (restart the frontend to use it).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create a new node: identity key, node.json and an empty database in DATA; print its address."""
     from .datadir import DataDir
 
     directory = DataDir(data)
-    _guard(lambda: directory.init(listen, access_key or (), onion=onion, store=store))
+    front = DataDir(backend_of) if backend_of is not None else None
+    _guard(lambda: directory.init(listen, access_key or (), onion=onion, store=store, balanced=balanced,
+                                  backend_of=front))
     typer.echo(str(_guard(directory.address)))
-    typer.echo(f"next: start it with 'onionpost node run --data {data}'; people add the address above with "
-               "'onionpost relay add ADDRESS'", err=True)
+    if balanced:
+        typer.echo(f"next: add backends with 'onionpost node init --onion --backend-of {data} --data BACKEND', start "
+                   f"them ('onionpost node run --data BACKEND'), then the frontend ('onionpost node run --data {data}'); "
+                   "people add the address above", err=True)
+    elif front is not None:
+        typer.echo(f"backend instance {_guard(directory.instance_address)} added to the frontend {backend_of}; "
+                   f"start it with 'onionpost node run --data {data}' and restart the frontend", err=True)
+    else:
+        typer.echo(f"next: start it with 'onionpost node run --data {data}'; people add the address above with "
+                   "'onionpost relay add ADDRESS'", err=True)
 
 
 @app.command()
@@ -177,6 +206,8 @@ def run(
     An onion node (created with 'init --onion') launches its own tor under DATA/tor by default (bootstrap progress on stderr), or uses an existing one (--tor-control and --tor-socks). It prints the 'listening' line only once its onion service is published, forwards to other onion nodes through tor's SOCKS port (to loopback nodes directly), restarts a launched tor that dies, and on exit removes its service and stops the tor it launched.
 
     A loopback node ignores the Tor flags, with a warning.
+
+    A balanced frontend ('init --onion --balanced') serves no client: it launches a tor and Onionbalance, which publish the master .onion with the introduction points of its backends ('init --onion --backend-of'), and prints one line once the master descriptor is published. A backend runs as any onion node and announces the master address.
     """
     from .datadir import DataDir
     from .onion import TorOptions
@@ -226,14 +257,35 @@ def run(
             lambda: listening(node_address),
         )
         raise typer.Exit(code)
+    main = (_frontend(directory, options) if config.onion is not None and config.onion.frontend
+            else serve(directory, listening, options, trace_path=trace))
     try:
-        _guard(lambda: _run_loop(serve(directory, listening, options, trace_path=trace)))
+        _guard(lambda: _run_loop(main))
     except KeyboardInterrupt:
         pass
     except typer.Exit as exc:
         _exit_if_blocked(exc.exit_code)
         raise
     _exit_if_blocked(0)
+
+
+async def _frontend(directory, options) -> None:
+    """Run a balanced frontend (tor and Onionbalance) until SIGINT or SIGTERM."""
+    import signal
+
+    from .frontend import run_frontend
+    from .onion import print_progress
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def published(master: str, backends: int) -> None:
+        print(f"onionpost frontend published {master} for {backends} backend(s) address {directory.address()}",
+              flush=True)
+
+    await run_frontend(directory, options, published, print_progress, stop)
 
 
 def _host_port(host: str, port: int) -> str:
@@ -293,11 +345,20 @@ def status(
     result = _guard(lambda: read_status(directory))
     if config.onion is not None:
         result["address"] = str(_guard(directory.address))
+        if config.onion.frontend:
+            result["instances"] = list(config.onion.instances)
+        elif config.onion.backend:
+            result["instance"] = _guard(directory.instance_address)
     if as_json:
         typer.echo(json.dumps(result))
         return
     if config.onion is not None:
         typer.echo(f"address: {result['address']}")
+        if config.onion.frontend:
+            typer.echo(f"role: Onionbalance frontend of {len(config.onion.instances)} backend(s): "
+                       f"{', '.join(config.onion.instances) or 'none yet'}")
+        elif config.onion.backend:
+            typer.echo(f"role: backend (Onionbalance instance {result['instance']})")
         typer.echo(f"onion service: {result.get('onion_service', 'not running')}")
     typer.echo(f"running: {'yes' if result['running'] else 'no'}")
     typer.echo(f"queues: {result['queues']}")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from onionpost.proto import AddressError
 from onionpost.proto.address import check_host
 from onionpost.proto.versions import MAX_ACCESS_KEY_LENGTH
+from onionpost.torconfig.onion_keys import is_valid_onion_address
 
 DEFAULT_HOST = "127.0.0.1"
 DAY = 86400
@@ -54,9 +55,24 @@ class Connections:
 
 @dataclass(frozen=True)
 class OnionConfig:
-    """Onion mode: the node is published as a v3 onion service on ``virtual_port``."""
+    """Onion mode: the node is published as a v3 onion service on ``virtual_port``.
+
+    Behind one ``.onion`` (Onionbalance, docs/operations.md), a data directory is either the
+    frontend (``instances``: the backends' own onion addresses; its ``onion.key`` is the master
+    key) or a backend (``master``: the address clients use; its ``onion.key`` is its instance key).
+    """
 
     virtual_port: int = DEFAULT_VIRTUAL_PORT
+    master: str | None = None
+    instances: tuple[str, ...] | None = None
+
+    @property
+    def frontend(self) -> bool:
+        return self.instances is not None
+
+    @property
+    def backend(self) -> bool:
+        return self.master is not None
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,8 @@ class NodeConfig:
             del data["onion"]  # loopback nodes keep the node.json they always had
         if self.store is None:
             del data["store"]  # and SQLite nodes too
+        if self.onion is not None:  # and onion nodes that are not balanced too
+            data["onion"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["onion"].items() if v is not None}
         return {"listen": listen, **data}
 
     @classmethod
@@ -189,9 +207,19 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def _onion(value: object) -> OnionConfig:
-    if not isinstance(value, dict) or set(value) - {"virtual_port"}:
-        raise ConfigError('"onion" must be {"virtual_port": ...}')
-    return OnionConfig(virtual_port=_integer("onion.virtual_port", value.get("virtual_port", DEFAULT_VIRTUAL_PORT), 1, 65535))
+    if not isinstance(value, dict) or set(value) - {"virtual_port", "master", "instances"}:
+        raise ConfigError('"onion" must be {"virtual_port": ...} (a balanced node adds "master" or "instances")')
+    master, instances = value.get("master"), value.get("instances")
+    if master is not None and instances is not None:
+        raise ConfigError('"onion" has both "master" (a backend) and "instances" (a frontend); a node is one of them')
+    if master is not None and not (isinstance(master, str) and is_valid_onion_address(master)):
+        raise ConfigError('"onion.master" must be a v3 onion address')
+    if instances is not None:
+        if not isinstance(instances, list) or not all(isinstance(a, str) and is_valid_onion_address(a) for a in instances):
+            raise ConfigError('"onion.instances" must be a list of v3 onion addresses')
+        instances = tuple(instances)
+    return OnionConfig(virtual_port=_integer("onion.virtual_port", value.get("virtual_port", DEFAULT_VIRTUAL_PORT), 1, 65535),
+                       master=master, instances=instances)
 
 
 def _connections(value: object) -> Connections:

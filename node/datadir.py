@@ -9,13 +9,14 @@ DataDirectory).
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onionpost.proto import NodeAddress
 from onionpost.proto import crypto
 
 from onionpost.torconfig.onion_keys import onion_address_of_key
+from onionpost.torconfig.onionbalance import MAX_INSTANCES
 
 from .config import ConfigError, NodeConfig, OnionConfig, check_access_key, check_store_url, parse_listen
 
@@ -82,6 +83,8 @@ class DataDir:
         *,
         onion: bool = False,
         store: str | None = None,
+        balanced: bool = False,
+        backend_of: "DataDir | None" = None,
     ) -> NodeConfig:
         """Create a new node here: identity, configuration and an empty database.
 
@@ -90,28 +93,53 @@ class DataDir:
         ``store``: a ``postgresql://`` URL instead of ``node.db``; the database
         is checked (and its tables created) before anything is written here.
 
+        Behind one ``.onion`` (Onionbalance): ``balanced`` makes the frontend,
+        whose ``onion.key`` is the master key clients reach; ``backend_of``
+        (a frontend's directory) makes a backend with the frontend's node
+        identity and an instance key of its own, and lists that instance in
+        the frontend's ``node.json``.
+
         Raises:
-            DataDirError: a node already exists here, or the directory cannot be made.
-            ConfigError: bad listen address or access key.
+            DataDirError: a node already exists here, the directory cannot be made,
+                or ``backend_of`` is not a frontend.
+            ConfigError: bad listen address or access key, or contradictory options.
         """
+        if (balanced or backend_of is not None) and not onion:
+            raise ConfigError(f"{'--balanced' if balanced else '--backend-of'} is for onion nodes: add --onion")
+        if balanced and backend_of is not None:
+            raise ConfigError("--balanced makes a frontend and --backend-of a backend; a node is one of them")
         host, port = parse_listen(listen or "")
         keys = tuple(check_access_key(k) for k in access_keys)
         if store is not None:
             store = check_store_url(store)
         if self.config_path.exists() or self.identity_path.exists() or self.onion_key_path.exists():
             raise DataDirError(f"a node already exists in {self.path}; refusing to overwrite it")
+        identity_seed = rng(SEED_SIZE)
+        onion_config = OnionConfig(instances=()) if balanced else OnionConfig() if onion else None
+        front_config = None
+        if backend_of is not None:
+            front_config = backend_of.load_config()
+            if front_config.onion is None or not front_config.onion.frontend:
+                raise DataDirError(f"{backend_of.path} is not a balanced frontend (create one with "
+                                   "'onionpost node init --onion --balanced')")
+            if len(front_config.onion.instances) >= MAX_INSTANCES:
+                raise DataDirError(f"{backend_of.path} has {MAX_INSTANCES} backends already, as many as fit "
+                                   "in one descriptor")
+            backend_of.load_identity()  # checks it
+            identity_seed = backend_of.identity_path.read_bytes()
+            master = onion_address_of_key(backend_of.load_onion_key())
+            onion_config = OnionConfig(virtual_port=front_config.onion.virtual_port, master=master)
         if port == 0:
             port = free_port(host)
-        config = NodeConfig(host=host, port=port, access_keys=keys, onion=OnionConfig() if onion else None, store=store)
+        config = NodeConfig(host=host, port=port, access_keys=keys, onion=onion_config, store=store)
         from .store import open_store  # local import: the store is not needed to read a config
 
-        seed = rng(SEED_SIZE)
         if store is not None:  # a wrong URL fails before the directory is touched
-            open_store(store, identity=Identity.from_seed(seed).public).close()
+            open_store(store, identity=Identity.from_seed(identity_seed).public).close()
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.path, 0o700)
-            write_private(self.identity_path, seed)
+            write_private(self.identity_path, identity_seed)
             if onion:
                 write_private(self.onion_key_path, rng(SEED_SIZE))
             write_private(self.config_path, config.dumps().encode())
@@ -119,12 +147,20 @@ class DataDir:
             raise DataDirError(f"cannot create the node in {self.path}: {exc.strerror or exc}") from None
         if store is None:
             open_store(self.db_path).close()
+        if backend_of is not None:
+            instances = (*front_config.onion.instances, self.instance_address())
+            front_onion = replace(front_config.onion, instances=instances)
+            replace_private(backend_of.config_path, replace(front_config, onion=front_onion).dumps().encode())
         return config
 
     def store_location(self, config: NodeConfig | None = None) -> str | Path:
         """Where the node's queues are: its PostgreSQL URL, else ``node.db`` here."""
         config = config or self.load_config()
         return config.store if config.store is not None else self.db_path
+
+    def instance_address(self) -> str:
+        """A balanced backend's own ``.onion`` (its onion.key), which only the frontend uses."""
+        return onion_address_of_key(self.load_onion_key())
 
     def load_config(self) -> NodeConfig:
         self._check_exists()
@@ -168,9 +204,12 @@ class DataDir:
         return seed
 
     def address(self) -> NodeAddress:
-        """The address clients use: ``<name>.onion:<virtual port>`` in onion mode (computed, no Tor needed), else the listen address."""
+        """The address clients use: ``<name>.onion:<virtual port>`` in onion mode (computed, no Tor needed; a
+        balanced backend's is the master's), else the listen address."""
         config = self.load_config()
         identity = self.load_identity()
+        if config.onion is not None and config.onion.master is not None:
+            return NodeAddress(identity.public, config.onion.master, config.onion.virtual_port)
         if config.onion is not None:
             return NodeAddress(identity.public, onion_address_of_key(self.load_onion_key()), config.onion.virtual_port)
         return NodeAddress(identity.public, config.host, config.port)

@@ -35,6 +35,7 @@ from onionpost.torconfig import TorError, process
 from onionpost.torconfig.control import TorControl
 from onionpost.torconfig.launch import START_TIMEOUT, TorProcess, start_tor
 from onionpost.torconfig.onion_keys import onion_address_of_key
+from onionpost.torconfig.onionbalance import instance_service_conf, write_instance_dir
 from onionpost.torconfig.progress import print_progress
 
 from .datadir import DataDir
@@ -135,6 +136,8 @@ class NodeTor:
         virtual_port: the port clients use (80).
         target: the node's listen address (host, port).
         options: ``--testnet``/``--tor-*``.
+        master: a balanced backend's master address: the service, ``seed``'s instance, is published
+            from ``instance_dir`` with ``HiddenServiceOnionbalanceInstance`` (ADD_ONION cannot do that).
         stopping: set when the node must stop; every wait on tor gives up then.
         progress: bootstrap progress display.
     """
@@ -148,8 +151,10 @@ class NodeTor:
         options: TorOptions,
         stopping: asyncio.Event,
         progress: Progress | None = print_progress,
+        master: str | None = None,
     ):
         self.data_dir = data_dir
+        self.master = master
         self.seed = seed
         self.virtual_port = virtual_port
         self.target = target
@@ -187,6 +192,11 @@ class NodeTor:
         return self.data_dir.tor_dir
 
     @property
+    def instance_dir(self) -> Path:
+        """A balanced backend's HiddenServiceDir (key and ``ob_config``)."""
+        return self.data_dir.path / "instance"
+
+    @property
     def _testnet(self) -> Path | None:
         return None if self.options.external else self.options.testnet
 
@@ -219,9 +229,15 @@ class NodeTor:
         log.info("publishing onion service %s (port %d -> %s:%d)", self.onion, self.virtual_port, *self.target)
         port_map = {self.virtual_port: port_target(*self.target)}
         try:
-            address = await self._until_stopped(
-                self.control.publish_onion(self.seed, port_map, await_publication=True, timeout=timeout, pow_defense=True)
-            )
+            if self.master is not None:
+                log.info("as a backend of %s (Onionbalance instance)", self.master)
+                write_instance_dir(self.instance_dir, self.seed, self.master)
+                publishing = self.control.publish_instance(
+                    self.instance_dir, instance_service_conf(self.virtual_port, port_target(*self.target)), timeout=timeout)
+            else:
+                publishing = self.control.publish_onion(self.seed, port_map, await_publication=True, timeout=timeout,
+                                                        pow_defense=True)
+            address = await self._until_stopped(publishing)
         except TorError as exc:
             raise NodeTorError(f"tor did not publish the onion service {self.onion}: {_one_line(exc)}") from None
         self.published = True
@@ -382,7 +398,7 @@ class NodeTor:
                     self.onion, self._unfindable)
         self._unfindable = 0
         try:
-            await self.control.remove_onion(self.onion)
+            await self._remove()
         except TorError as exc:
             log.info("removing the onion service before publishing it again: %s", _one_line(exc))
         self.published = False
@@ -460,7 +476,7 @@ class NodeTor:
         self.state = "stopped"
         if self.control is not None and self.published:
             try:
-                await asyncio.wait_for(self.control.remove_onion(self.onion), 5.0)
+                await asyncio.wait_for(self._remove(), 5.0)
                 log.info("onion service %s removed", self.onion)
             except (TorError, asyncio.TimeoutError) as exc:
                 log.warning("could not remove the onion service: %s", _one_line(exc) or "no answer")
@@ -470,6 +486,12 @@ class NodeTor:
         if not self.options.external:
             # Belt and braces: nothing started from our torrc may outlive the node.
             await asyncio.to_thread(process.stop_pids, process.tor_pids_under(self.tor_dir))
+
+    async def _remove(self) -> None:
+        if self.master is not None:
+            await self.control.remove_instance(self.instance_dir)
+        else:
+            await self.control.remove_onion(self.onion)
 
     async def _close_control(self) -> None:
         control, self.control = self.control, None

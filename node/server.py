@@ -405,7 +405,7 @@ async def run(
         connector = None
         if seed is not None:
             tor = NodeTor(data_dir, seed, config.onion.virtual_port, (config.host, config.port),
-                          tor_options or TorOptions(), stop, progress)
+                          tor_options or TorOptions(), stop, progress, master=config.onion.master)
             await tor.start()
             connector = TorConnector(socks_port=tor.socks_port, on_unreachable=tor.refresh_circuits)
             tor.on_socks_port = lambda port: setattr(connector, "socks_port", port)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -53,8 +54,8 @@ def progress_line(prefix: str):
 class RelayProcess:
     """One ``onionpost node run`` child process, stopped by PID."""
 
-    def __init__(self, data: Path, testnet: Path):
-        self.data, self.testnet = data, testnet
+    def __init__(self, data: Path, testnet: Path, init_args: Sequence[str] = ("--onion",)):
+        self.data, self.testnet, self.init_args = data, testnet, tuple(init_args)
         self.proc: subprocess.Popen | None = None
         self.address = ""
         self.stopping = False
@@ -62,7 +63,7 @@ class RelayProcess:
     COMMAND = [sys.executable, "-m", "onionpost", "node"]
 
     def init(self) -> None:
-        init = subprocess.run([*self.COMMAND, "init", "--data", str(self.data), "--onion"], capture_output=True, text=True)
+        init = subprocess.run([*self.COMMAND, "init", "--data", str(self.data), *self.init_args], capture_output=True, text=True)
         if init.returncode != 0:
             raise RuntimeError(f"node init failed: {init.stderr.strip()}")
 

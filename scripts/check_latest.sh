@@ -5,8 +5,9 @@
 #  2. from a folder without the repository, run 'onionpost --version/--help',
 #     'node init' and 'profile create' (a missing dependency, package or data
 #     file such as the torrc templates fails here, as it would for a user);
-#  3. the unit tests against that install (the test, lab and postgres extras: onionpost.lab
-#     has unit tests), and one loopback conversation
+#  3. the unit tests against that install (the test, lab, postgres and balance extras:
+#     onionpost.lab and the Onionbalance testnet timing have unit tests), and one
+#     loopback conversation
 #     (scripts/smoke.py) through the installed command.
 # Upstream breakage shows here before a user meets it; then refresh the lock
 # (scripts/lock.sh) deliberately.
@@ -24,7 +25,7 @@ echo "   $(basename "$wheel")"
 
 echo "== installing it with the newest allowed releases into an empty venv"
 python3 -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q --upgrade "$wheel[test,lab,postgres]"
+"$WORK/venv/bin/python" -m pip install -q --upgrade "$wheel[test,lab,postgres,balance]"
 normalize() { tr 'A-Z_' 'a-z-'; }
 locked=$(grep -oE '^[A-Za-z0-9_.-]+==[^ ;]+' requirements/lock.txt | normalize)
 newer=$("$WORK/venv/bin/python" -m pip freeze --exclude onionpost | normalize | while IFS= read -r pin; do

@@ -1,6 +1,7 @@
 """A thin async layer over stem's blocking Controller (run in threads)."""
 
 import asyncio
+import base64
 import logging
 import queue
 import re
@@ -16,6 +17,7 @@ import stem.connection
 import stem.control
 import stem.response
 from stem.control import EventType, Signal
+from stem.descriptor.hidden_service import HiddenServiceDescriptorV3
 
 from onionpost.torconfig import onion_keys
 from onionpost.torconfig.errors import ControlError
@@ -184,6 +186,60 @@ class TorControl:
             if await_publication:
                 self._controller.remove_event_listener(events.put)
 
+    async def publish_instance(self, hs_dir: Path, options: Mapping[str, object], *,
+                               timeout: float = PUBLISH_TIMEOUT) -> str:
+        """Publish a service kept in ``hs_dir`` (an Onionbalance backend instance, which ADD_ONION cannot make).
+
+        Args:
+            hs_dir: the HiddenServiceDir, holding the key (and ``ob_config``) already.
+            options: the service's options (``onionbalance.instance_service_conf``).
+            timeout: seconds to wait for the descriptor upload.
+
+        Returns:
+            The ``<56 chars>.onion`` address, once an HSDir took the descriptor. Other services
+            configured in this tor are kept.
+        """
+        address = onion_keys.onion_address_of_key(
+            onion_keys.from_secret_key_file((Path(hs_dir) / "hs_ed25519_secret_key").read_bytes()))
+
+        def publish() -> None:
+            events: queue.Queue = queue.Queue()
+            self._controller.add_event_listener(events.put, EventType.HS_DESC)
+            try:
+                conf = self._controller.get_hidden_service_conf()
+                conf[str(hs_dir)] = dict(options)
+                self._controller.set_hidden_service_conf(conf)
+                _await_upload(events, onion_keys.service_id(address), time.monotonic() + timeout)
+            finally:
+                self._controller.remove_event_listener(events.put)
+
+        await _run(publish)
+        return address
+
+    async def listen_uploads(self, address: str) -> asyncio.Queue:
+        """A queue that receives the HSDir fingerprint of every accepted upload of ``address``'s descriptor
+        from now on, whoever made it (Onionbalance's HSPOST on this tor too), until ``close``."""
+        service_id = onion_keys.service_id(address)
+        loop = asyncio.get_running_loop()
+        uploads: asyncio.Queue = asyncio.Queue()
+
+        def on_event(event) -> None:
+            if event.address == service_id and event.action == stem.HSDescAction.UPLOADED:
+                loop.call_soon_threadsafe(uploads.put_nowait, str(event.directory_fingerprint))
+
+        await _run(self._controller.add_event_listener, on_event, EventType.HS_DESC)
+        return uploads
+
+    async def remove_instance(self, hs_dir: Path) -> None:
+        """Stop a service published by ``publish_instance`` (its files stay)."""
+        def remove() -> None:
+            conf = self._controller.get_hidden_service_conf()
+            if conf.pop(str(hs_dir), None) is None:
+                raise ControlError(f"no onion service in {hs_dir}")
+            self._controller.set_hidden_service_conf(conf)
+
+        await _run(remove)
+
     async def remove_onion(self, address: str) -> None:
         """Stop an onion service published by ``publish_onion``."""
         if not await _run(self._controller.remove_ephemeral_hidden_service, onion_keys.service_id(address)):
@@ -240,6 +296,23 @@ class TorControl:
             return False if not_found >= 2 else None
         finally:
             await _run(self._controller.remove_event_listener, on_event)
+
+    async def intro_point_keys(self, address: str, *, timeout: float = 30.0) -> set[str]:
+        """Fetch ``address``'s descriptor from the network, as a client would, and return the
+        authentication keys (base64) of its introduction points: they are per service and intro
+        point, so they tell which backend an intro point of a master descriptor leads to.
+
+        Raises:
+            ControlError: the descriptor could not be fetched or decrypted.
+        """
+        if not await self.descriptor_findable(address, timeout=timeout):
+            raise ControlError(f"could not fetch the descriptor of {address}")
+        text = await _run(self._controller.get_info, f"hs/client/desc/id/{onion_keys.service_id(address)}")
+        try:
+            inner = HiddenServiceDescriptorV3.from_str(text).decrypt(onion_keys.service_id(address))
+        except ValueError as exc:
+            raise ControlError(f"the descriptor of {address} does not decrypt: {exc}") from None
+        return {base64.b64encode(point.auth_key_cert.key).decode() for point in inner.introduction_points}
 
     async def new_identity(self) -> None:
         """Send NEWNYM: new circuits for new streams, and clear cached onion lookups."""
