@@ -49,7 +49,7 @@ def balanced_node(testnet: Path, base: Path, backends: int = 2,
                   backend_args: Sequence[str] = ()) -> Iterator[BalancedNode]:
     """Start ``backends`` backends, then the frontend; stop all of them by PID afterwards.
 
-    ``backend_args``: more ``node init`` arguments for each backend (a shared store, later).
+    ``backend_args``: more ``node init`` arguments for each backend (``--store URL``: one shared store).
     """
     front_dir = base / "frontend"
     frontend = RelayProcess(front_dir, testnet, init_args=("--onion", "--balanced"))
@@ -95,7 +95,7 @@ async def conversation_survives_backend_kill(node: BalancedNode, homes_base: Pat
 
     Only for backends that share one store (``balanced_node(..., backend_args=("--store", URL))``):
     with a store per backend, a queue lives on the backend that created it and a circuit introduced
-    to the other finds no such queue (this is what the follow-up test shows once the store exists).
+    to the other finds no such queue.
     """
     from tests.tor.workflow_helpers import clients, connect_pair, make_homes, settle_until, texts
 

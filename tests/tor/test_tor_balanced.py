@@ -5,12 +5,10 @@ clients use the master address only; the master descriptor carries introduction
 points of both backends; when one backend is killed, clients reach the master
 address again, served by the other.
 
-Each backend has its own store here, so only new queues are followed across the
-kill. Follow-up once backends share one store (issue 14, PostgreSQL): start
-``balanced_node(..., backend_args=("--store", URL))``, connect Alice and Bob
-through the master address (``workflow_helpers.connect_pair`` on
-``make_homes`` with the master address for both), kill a backend mid-traffic and
-check with ``settle_until`` that every message arrives, exactly once.
+The first test gives each backend its own store, so only new queues are followed
+across the kill. The second shares one PostgreSQL between the backends (any
+backend serves any queue): Alice and Bob talk through the master address, a
+backend is killed mid-conversation, and every message arrives, exactly once.
 """
 
 import asyncio
@@ -21,7 +19,8 @@ import time
 
 import pytest
 
-from tests.tor.balance_helpers import balanced_node, new_queue, node_status
+from tests.pg_helpers import PostgresCluster
+from tests.tor.balance_helpers import balanced_node, conversation_survives_backend_kill, new_queue, node_status
 from tests.tor.tor_helpers import assert_all_stopped
 from onionpost.torconfig import TorError, process
 from onionpost.torconfig.control import TorControl
@@ -122,3 +121,14 @@ async def queue_until_served(address: str, socks_port: int, deadline: float) -> 
         except Exception as exc:  # noqa: BLE001 (a client retries whatever failed)
             failures.append(f"{type(exc).__name__}: {exc}")
             assert time.monotonic() < deadline, f"no connection to {address}: {failures[-3:]}"
+
+
+async def test_backends_sharing_one_postgresql_keep_a_conversation_through_a_backend_kill(tor_network, tmp_path):
+    """The issue's test: two backends on one PostgreSQL behind one .onion; one is killed mid-conversation;
+    both people reach the master address again and every message arrives once, in order."""
+    with PostgresCluster(fsync=False) as cluster:
+        shared = ("--store", cluster.url("balanced_relay"))
+        with balanced_node(tor_network.directory, tmp_path / "relay", backend_args=shared) as node:
+            took = await conversation_survives_backend_kill(node, tmp_path / "homes", tor_network.directory,
+                                                            within=RECONNECT_DEADLINE)
+            print(f"\nall messages delivered {took:.1f} s after backend 1 was killed")
