@@ -17,6 +17,7 @@ from onionpost.proto import crypto
 
 from onionpost.torconfig.onion_keys import onion_address_of_key
 from onionpost.torconfig.onionbalance import MAX_INSTANCES
+from onionpost.torconfig.process import replace_private
 
 from .config import ConfigError, NodeConfig, OnionConfig, check_access_key, check_store_url, parse_listen
 
@@ -230,21 +231,6 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def replace_private(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data`` (mode 0600)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def free_port(host: str) -> int:

@@ -80,8 +80,8 @@ def write_frontend(directory: Path, master_seed: bytes, instances: Sequence[str]
     """Write ``master.pem`` and ``config.yaml`` into ``directory`` (mode 0700, files 0600); return the config path."""
     text = render_config(MASTER_KEY_FILE, instances)  # checked before anything is written
     directory = process.make_private_dir(Path(directory))
-    _write_private(directory / MASTER_KEY_FILE, master_key_pem(master_seed))
-    _write_private(directory / CONFIG_FILE, text.encode())
+    process.replace_private(directory / MASTER_KEY_FILE, master_key_pem(master_seed))
+    process.replace_private(directory / CONFIG_FILE, text.encode())
     return directory / CONFIG_FILE
 
 
@@ -94,8 +94,8 @@ def write_instance_dir(directory: Path, instance_seed: bytes, master_address: st
     """Make a backend's HiddenServiceDir: its own key and the ``ob_config`` naming the master."""
     text = render_ob_config(master_address)
     directory = process.make_private_dir(Path(directory))
-    _write_private(directory / SECRET_KEY_FILE, onion_keys.to_secret_key_file(instance_seed))
-    _write_private(directory / OB_CONFIG_FILE, text.encode())
+    process.replace_private(directory / SECRET_KEY_FILE, onion_keys.to_secret_key_file(instance_seed))
+    process.replace_private(directory / OB_CONFIG_FILE, text.encode())
     return directory
 
 
@@ -153,14 +153,3 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

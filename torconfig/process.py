@@ -27,6 +27,18 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
+def replace_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, readable by its owner only (mode 0600)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def spawn_tor(torrc: Path, output: Path) -> subprocess.Popen:
     """Start ``tor -f torrc`` in its own session, stdout/stderr to ``output``.
 
