@@ -60,6 +60,12 @@ class Scenario:
     """A private Tor network's folder ('onionpost testnet up'): the relay is then an onion service and every
     daemon reaches it through its own tor, a circuit per queue. None: all on loopback."""
     extra: dict = field(default_factory=dict)
+    edges: tuple[tuple[int, int], ...] = ()
+    """The conversations as pairs of person numbers; () means a random ``degree``-regular graph."""
+    pattern: str = "poisson"
+    """'poisson', or 'onoff': Poisson messages only during bursts (mean ``on`` s) separated by silences (mean ``off`` s)."""
+    on: float = 60.0
+    off: float = 120.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -174,8 +180,12 @@ def _percentiles(values: list[float]) -> dict:
     return {"count": len(ordered), "p50": round(pick(0.5), 3), "p95": round(pick(0.95), 3)}
 
 
-def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str, list[float]]) -> dict:
-    """What the defences cost: send -> received, send -> receipt back, and a waking client's first message."""
+def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str, list[float]],
+               messages: list[dict] | None = None) -> dict:
+    """What the defences cost: send -> received, send -> receipt back, and a waking client's first message.
+
+    ``messages``, if given, gets one record per message received: its text, recipient, send and receive times.
+    """
     delivery, receipt, wake = [], [], []
     for person in people:
         db = open_database(person.home, PASSWORD, create=False)
@@ -188,6 +198,9 @@ def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str
                     text = db.fetch_one("SELECT text FROM messages WHERE id = ?", (data["message"],))
                     if text and text[0] in sent:
                         delivery.append(data["at"] - sent[text[0]])
+                        if messages is not None:
+                            messages.append({"text": text[0], "to": person.name, "sent": sent[text[0]],
+                                             "received": data["at"]})
                         received.append((data["at"], sent[text[0]]))
                 elif kind == "delivered" and texts.get(data["message"]) in sent:
                     receipt.append(data["at"] - sent[texts[data["message"]]])
@@ -200,19 +213,32 @@ def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str
     return {"delivery": _percentiles(delivery), "receipt": _percentiles(receipt), "first_message_after_waking": _percentiles(wake)}
 
 
+def _bursts(scenario: Scenario, rng: random.Random) -> list[tuple[float, float]]:
+    """The intervals in which a conversation direction talks: all the time, or on/off bursts."""
+    if scenario.pattern == "poisson":
+        return [(0.0, scenario.duration)]
+    spans, t = [], rng.expovariate(1 / scenario.off)
+    while t < scenario.duration:
+        end = t + rng.expovariate(1 / scenario.on)
+        spans.append((t, min(end, scenario.duration)))
+        t = end + rng.expovariate(1 / scenario.off)
+    return spans
+
+
 def _schedule(scenario: Scenario, edges: list[tuple[int, int]], rng: random.Random) -> list[tuple[float, str, tuple]]:
     """(time offset, action, arguments), sorted: sends, replies and offline periods."""
     events = []
     for a, b in edges:
         for sender, receiver in ((a, b), (b, a)):
-            t = rng.expovariate(scenario.message_rate / 60)
-            while t < scenario.duration:
-                events.append((t, "send", (sender, receiver)))
-                if rng.random() < scenario.reply_probability:
-                    reply = t + scenario.reply_min + rng.expovariate(1 / scenario.reply_delay)
-                    if reply < scenario.duration:
-                        events.append((reply, "send", (receiver, sender)))
-                t += rng.expovariate(scenario.message_rate / 60)
+            for begin, until in _bursts(scenario, rng):
+                t = begin + rng.expovariate(scenario.message_rate / 60)
+                while t < until:
+                    events.append((t, "send", (sender, receiver)))
+                    if rng.random() < scenario.reply_probability:
+                        reply = t + scenario.reply_min + rng.expovariate(1 / scenario.reply_delay)
+                        if reply < scenario.duration:
+                            events.append((reply, "send", (receiver, sender)))
+                    t += rng.expovariate(scenario.message_rate / 60)
     for person in range(scenario.people):
         t = rng.expovariate(scenario.churn_rate / 60) if scenario.churn_rate > 0 else scenario.duration
         while t < scenario.duration:
@@ -223,8 +249,12 @@ def _schedule(scenario: Scenario, edges: list[tuple[int, int]], rng: random.Rand
     return sorted(events, key=lambda e: e[0])
 
 
-def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict:
-    """Set up, run and record one scenario; returns paths and counts (also written to ``workdir/run.json``)."""
+def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_ready=None, on_done=None) -> dict:
+    """Set up, run and record one scenario; returns paths and counts (also written to ``workdir/run.json``).
+
+    ``on_ready(people)`` is called once everyone is connected, before the schedule (a vantage point
+    starts capturing there); ``on_done(people)`` after the schedule, before anyone stops.
+    """
     rng = random.Random(scenario.seed)
     workdir.mkdir(parents=True, exist_ok=True)
     relay_dir, trace = workdir / "relay", workdir / "trace.jsonl"
@@ -252,23 +282,26 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
             person.launch()
         for person in people:  # started together: over Tor each bootstraps its own tor
             person.wait_ready()
-        edges = _graph(scenario.people, scenario.degree, rng)
+        edges = list(scenario.edges) or _graph(scenario.people, scenario.degree, rng)
         progress(f"{len(people)} people online; connecting {len(edges)} conversations")
         for a, b in edges:
             link = people[a].call("invite", link_only=True, auto_accept=True)["link"]
             people[b].call("connect", link=link, alias=people[a].name)
 
         def all_connected() -> bool:
-            expected = {p.name: scenario.degree for p in people}
+            expected = {p.name: sum(index in edge for edge in edges) for index, p in enumerate(people)}
             return all(sum(c["state"] == "connected" for c in p.call("contacts")) == expected[p.name] for p in people)
 
         _wait(all_connected, 120 + 10 * len(edges), "every conversation connected")
         truth = _truth(people)
         (workdir / "truth.json").write_text(json.dumps(truth, indent=1))
+        if on_ready is not None:
+            on_ready(people)
         start = time.time()
         progress(f"connected; running the schedule for {scenario.duration:.0f} s")
         sent = failed = offline_periods = 0
         sent_at: dict[str, float] = {}
+        messages: list[dict] = []
         online_at: dict[str, list[float]] = {}
         for offset, action, args in _schedule(scenario, edges, rng):
             delay = start + offset - time.time()
@@ -295,6 +328,8 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
                 online_at.setdefault(people[args[0]].name, []).append(time.time())
         time.sleep(min(30.0, scenario.duration / 4))  # let the last messages and receipts arrive
         observed_until = time.time()
+        if on_done is not None:
+            on_done(people)
         for person in people:
             person.leave()
         for person in people:
@@ -302,7 +337,8 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
         result = {"scenario": scenario.to_json(), "trace": str(trace), "truth": str(workdir / "truth.json"),
                   "observed_from": start, "observed_until": observed_until, "messages_sent": sent,
                   "send_failures": failed, "offline_periods": offline_periods, "queues": len(truth["queues"]),
-                  "latency": _latencies(people, sent_at, online_at)}
+                  "latency": _latencies(people, sent_at, online_at, messages), "messages": messages, "sent_at": sent_at,
+                  "edges": [list(e) for e in edges]}
         (workdir / "run.json").write_text(json.dumps(result, indent=1))
         return result
     finally:
