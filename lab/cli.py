@@ -6,7 +6,7 @@ fast and works without the ``lab`` extra. Errors are one line on stderr and
 exit status 1; Ctrl-C stops every process the run started, then exits 130.
 """
 
-import importlib.util
+import importlib
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -24,7 +24,12 @@ def _fail(message: str) -> NoReturn:
 
 
 def _need_extra() -> None:
-    missing = [name for name in EXTRA if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         _fail(f"the lab needs the 'lab' extra (pip install 'onionpost[lab]'); missing: {', '.join(missing)}")
 
