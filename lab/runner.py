@@ -68,6 +68,23 @@ def apply_conditions(scenario: LabScenario) -> tuple[dict, Callable[[], None]]:
     return record, lambda: subprocess.run(netem_command(0, 0, "del"), capture_output=True, timeout=30)
 
 
+def check_daemon_options(scenario: LabScenario) -> None:
+    """Refuse before starting anything if a variant needs a daemon option this onionpost lacks."""
+    import re
+    import sys
+
+    needed = {arg: v.name for v in scenario.resolved_variants() for arg in daemon_args(v) if arg.startswith("--")}
+    if not needed:
+        return
+    done = subprocess.run([sys.executable, "-m", "onionpost", "daemon", "--help"], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, COLUMNS="200"))
+    known = set(re.findall(r"(--[a-z][a-z-]*)", done.stdout))
+    missing = sorted(set(needed) - known)
+    if missing:
+        raise LabError(f"variant {needed[missing[0]]} needs the daemon option {missing[0]}, which this "
+                       f"onionpost daemon does not have (missing: {', '.join(missing)})")
+
+
 # -- one run ---------------------------------------------------------------------------
 
 def _population_scenario(scenario: LabScenario, variant: Variant, seed: int, testnet: Path | None):
@@ -144,6 +161,7 @@ def run(scenario: LabScenario, out: Path, *, seed: int | None = None, repeat: in
                        repeat=scenario.repeat if repeat is None else repeat)
     scenario = replace(scenario, variants=scenario.resolved_variants())
     check_out_dir(out)
+    check_daemon_options(scenario)
     registry.load_plugins()
     out.mkdir(parents=True, exist_ok=True)
     (out / "scenario.toml").write_text(to_toml(scenario), encoding="utf-8")
