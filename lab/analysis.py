@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from onionpost.lab import registry
+from onionpost.lab.flows import relay_traces
 from onionpost.lab.scenario import parse_scenario
 from onionpost.proto import BLOCK_SIZE
 
@@ -45,11 +46,12 @@ def run_costs(run_dir: Path) -> dict:
     """Blocks through the relay per real message, and the delivery latency, of one run."""
     run = json.loads((run_dir / "run.json").read_text())
     blocks = 0
-    with open(run_dir / "relay.jsonl", encoding="utf-8") as trace:
-        for event in map(json.loads, filter(str.strip, trace)):
-            if run["observed_from"] <= event["t"] <= run["observed_until"]:
-                # A command costs its block and the relay's reply; a push, one block.
-                blocks += 2 if event["ev"] == "cmd" else 1 if event["ev"] == "msg" else 0
+    for path in relay_traces(run_dir).values():
+        with open(path, encoding="utf-8") as trace:
+            for event in map(json.loads, filter(str.strip, trace)):
+                if run["observed_from"] <= event["t"] <= run["observed_until"] and event.get("via") != "forward":
+                    # A command costs its block and the relay's reply; a push, one block.
+                    blocks += 2 if event["ev"] == "cmd" else 1 if event["ev"] == "msg" else 0
     sent = run.get("messages_sent") or 0
     delivery = run.get("latency", {}).get("delivery", {})
     return {"messages_sent": sent, "relay_bytes": blocks * BLOCK_SIZE,

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from onionpost.proto import BLOCK_SIZE
 
-RELAY = "relay0"
 READER_COMMANDS = frozenset({"NEW", "KEY", "SUB", "GET", "ACK", "OFF", "DEL"})
 
 
@@ -55,18 +54,36 @@ def _session_owners(events: list[dict], queues: list[dict]) -> dict[int, dict]:
     return sessions
 
 
-def truth_records(run: str, queues_truth: dict, trace: Path, result: dict) -> list[dict]:
-    """Every truth record of one run (see the module docstring)."""
+def relay_traces(run_dir: Path) -> dict[str, Path]:
+    """relay0, relay1, ...: the relay traces of one run."""
+    return {path.stem: path for path in sorted(run_dir.glob("relay[0-9]*.jsonl"))}
+
+
+def queues_seen(trace: Path) -> set[str]:
+    """Every queue id (rid or snd) a relay trace names."""
+    ids = set()
+    for e in _events(trace):
+        ids.update(e[k] for k in ("rid", "snd", "queue") if e.get(k))
+    return ids
+
+
+def truth_records(run: str, queues_truth: dict, traces: dict[str, Path], result: dict) -> list[dict]:
+    """Every truth record of one run (see the module docstring); ``traces`` maps relay names to trace files."""
     queues = queues_truth["queues"]
     conversation = {q["name"]: q["conversation"] for q in queues}
+    seen = {relay: queues_seen(trace) for relay, trace in traces.items()}
     records = [{"run": run, "kind": "queue", **{k: q[k] for k in ("name", "rid", "snd", "reader", "writer",
-                                                                    "conversation")}} for q in queues]
-    for session, s in sorted(_session_owners(_events(trace), queues).items()):
-        conversations = sorted({conversation[n] for n in s["queues"]})
-        user = next(iter(s["users"])) if len(s["users"]) == 1 else None
-        records.append({"run": run, "kind": "session", "relay": RELAY, "session": session, "user": user,
-                        "users": sorted(s["users"]), "queues": sorted(s["queues"]), "conversations": conversations,
-                        "open": s.get("open"), "close": s.get("close"), "flow": f"{RELAY}-s{session}"})
+                                                                    "conversation")},
+                "relay": next((r for r, ids in seen.items() if q["rid"] in ids or q["snd"] in ids), None)}
+               for q in queues]
+    for relay, trace in traces.items():
+        for session, s in sorted(_session_owners(_events(trace), queues).items()):
+            conversations = sorted({conversation[n] for n in s["queues"]})
+            user = next(iter(s["users"])) if len(s["users"]) == 1 else None
+            records.append({"run": run, "kind": "session", "relay": relay, "session": session, "user": user,
+                            "users": sorted(s["users"]), "queues": sorted(s["queues"]),
+                            "conversations": conversations, "open": s.get("open"), "close": s.get("close"),
+                            "flow": f"{relay}-s{session}"})
     received = {m["text"]: m for m in result.get("messages", [])}
     for text, sent in sorted(result.get("sent_at", {}).items(), key=lambda kv: kv[1]):
         sender, _, rest = text.partition(" to ")
@@ -78,9 +95,9 @@ def truth_records(run: str, queues_truth: dict, trace: Path, result: dict) -> li
     return records
 
 
-def relay_flows(run: str, trace: Path, truth: list[dict]) -> list[dict]:
-    """One flow per relay session, from the trace."""
-    owners = {r["session"]: r for r in truth if r["kind"] == "session"}
+def relay_flows(relay: str, trace: Path, truth: list[dict]) -> list[dict]:
+    """One flow per session of this relay, from its trace."""
+    owners = {r["session"]: r for r in truth if r["kind"] == "session" and r["relay"] == relay}
     packets: dict[int, list[list[float]]] = {}
     for e in _events(trace):
         if e["ev"] == "cmd" and e.get("via") == "direct":
@@ -91,7 +108,7 @@ def relay_flows(run: str, trace: Path, truth: list[dict]) -> list[dict]:
     for session, pk in sorted(packets.items()):
         owner = owners.get(session, {})
         conversations = owner.get("conversations") or []
-        flows.append({"flow": f"{RELAY}-s{session}", "vantage": "relay", "side": "relay", "user": owner.get("user"),
+        flows.append({"flow": f"{relay}-s{session}", "vantage": "relay", "side": "relay", "user": owner.get("user"),
                       "conversation": conversations[0] if len(conversations) == 1 else None,
                       "packets": sorted(pk)})
     return flows

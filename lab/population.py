@@ -56,6 +56,8 @@ class Scenario:
     daemon_args: tuple[str, ...] = ()
     """Extra ``onionpost daemon`` options (the timing settings under test); () means the defaults."""
     seed: int = 1
+    relays: int = 1
+    """Relay nodes, each recording its own trace; every profile trusts them all, so queues spread over them."""
     testnet: str | None = None
     """A private Tor network's folder ('onionpost testnet up'): the relay is then an onion service and every
     daemon reaches it through its own tor, a circuit per queue. None: all on loopback."""
@@ -257,25 +259,34 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
     """
     rng = random.Random(scenario.seed)
     workdir.mkdir(parents=True, exist_ok=True)
-    relay_dir, trace = workdir / "relay", workdir / "trace.jsonl"
     onion = ["--onion"] if scenario.testnet else []
     testnet = ["--testnet", scenario.testnet] if scenario.testnet else []
-    subprocess.run([sys.executable, "-m", "onionpost", "node", "init", "--data", str(relay_dir), *onion], check=True,
-                   capture_output=True, timeout=60)
-    address = subprocess.run([sys.executable, "-m", "onionpost", "node", "address", "--data", str(relay_dir)],
-                             check=True, capture_output=True, text=True, timeout=60).stdout.strip()
-    relay = subprocess.Popen([sys.executable, "-m", "onionpost", "node", "run", "--data", str(relay_dir),
-                              "--trace", str(trace), *testnet], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True)
+    # The first relay keeps the single-relay names (relay/, trace.jsonl); more are relay1/, trace1.jsonl, ...
+    suffixes = ["", *(str(k) for k in range(1, scenario.relays))]
+    traces = [workdir / f"trace{k}.jsonl" for k in suffixes]
+    addresses, relays = [], []
     people: list[Person] = []
     try:
-        if "listening" not in relay.stdout.readline():
-            raise RuntimeError("the relay did not start")
+        for k, trace in zip(suffixes, traces):
+            relay_dir = workdir / f"relay{k}"
+            subprocess.run([sys.executable, "-m", "onionpost", "node", "init", "--data", str(relay_dir), *onion],
+                           check=True, capture_output=True, timeout=60)
+            addresses.append(subprocess.run(
+                [sys.executable, "-m", "onionpost", "node", "address", "--data", str(relay_dir)],
+                check=True, capture_output=True, text=True, timeout=60).stdout.strip())
+            relays.append(subprocess.Popen(
+                [sys.executable, "-m", "onionpost", "node", "run", "--data", str(relay_dir), "--trace", str(trace),
+                 *testnet], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        for relay in relays:
+            if "listening" not in relay.stdout.readline():
+                raise RuntimeError("a relay did not start")
         daemon_args = (*scenario.daemon_args, *testnet)
         for index in range(scenario.people):
             name = f"user{index}"
             db = open_database(workdir / name, PASSWORD, create=True)
-            add_relay(db, create_profile(db, name), address)
+            profile = create_profile(db, name)
+            for address in addresses:
+                add_relay(db, profile, address)
             db.close()
             people.append(Person(name, workdir / name, daemon_args))
         for person in people:
@@ -334,7 +345,8 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
             person.leave()
         for person in people:
             person.stop()
-        result = {"scenario": scenario.to_json(), "trace": str(trace), "truth": str(workdir / "truth.json"),
+        result = {"scenario": scenario.to_json(), "trace": str(traces[0]), "traces": [str(t) for t in traces],
+                  "truth": str(workdir / "truth.json"),
                   "observed_from": start, "observed_until": observed_until, "messages_sent": sent,
                   "send_failures": failed, "offline_periods": offline_periods, "queues": len(truth["queues"]),
                   "latency": _latencies(people, sent_at, online_at, messages), "messages": messages, "sent_at": sent_at,
@@ -346,10 +358,12 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
             person.leave()
         for person in people:
             person.stop()
-        relay.send_signal(signal.SIGTERM)
-        try:
-            relay.wait(30)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait(10)
-        relay.stdout.close()
+        for relay in relays:
+            relay.send_signal(signal.SIGTERM)
+        for relay in relays:
+            try:
+                relay.wait(30)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait(10)
+            relay.stdout.close()

@@ -77,20 +77,51 @@ def register_attack(attack: Attack) -> None:
     ATTACKS[attack.name] = attack
 
 
-def relay_linkage(run_dir: Path) -> Scores:
-    """The relay-side linkage signals (``linkage.score_all``) over the observed interval of one run."""
+def _linkage(run_dir: Path, relays: list[str]) -> Scores:
+    """The linkage signals (``linkage.score_all``) over the observed interval, on the queues these relays hold.
+
+    Several relays' traces are merged as one operator sees them: session numbers kept apart per relay.
+    """
     from onionpost.lab import linkage, relayview
+    from onionpost.lab.flows import queues_seen
 
     run = json.loads((run_dir / "run.json").read_text())
-    with open(run_dir / "relay.jsonl", encoding="utf-8") as trace:
-        events = [e for e in map(json.loads, filter(str.strip, trace)) if e["t"] >= run["observed_from"]]
-    pr = linkage.pairs(relayview.load(events, run_dir / "queues.json"))
+    events, seen = [], set()
+    for index, relay in enumerate(relays):
+        path = run_dir / f"{relay}.jsonl"
+        seen |= queues_seen(path)
+        with open(path, encoding="utf-8") as trace:
+            for e in map(json.loads, filter(str.strip, trace)):
+                if e["t"] >= run["observed_from"]:
+                    if "session" in e:
+                        e["session"] += index * _SESSIONS_APART
+                    events.append(e)
+    truth = json.loads((run_dir / "queues.json").read_text())
+    held = {"queues": [q for q in truth["queues"] if q["rid"] in seen or q["snd"] in seen]}
+    pr = linkage.pairs(relayview.load(events, held))
     scores = linkage.score_all(pr)
     return {name: {q: (pr.labels(q), s) for q in linkage.QUESTIONS} for name, s in scores.items()}
 
 
+_SESSIONS_APART = 1_000_000_000
+
+
+def relay_linkage(run_dir: Path) -> Scores:
+    """One relay operator (relay0): every pair of the queues it holds."""
+    return _linkage(run_dir, ["relay0"])
+
+
+def two_relay_linkage(run_dir: Path) -> Scores:
+    """One operator running relay0 and relay1: every pair of the queues either holds."""
+    if not (run_dir / "relay1.jsonl").is_file():
+        raise FileNotFoundError(2, "no second relay in this run", str(run_dir / "relay1.jsonl"))
+    return _linkage(run_dir, ["relay0", "relay1"])
+
+
 register_attack(Attack("relay-linkage", "relay", relay_linkage,
-                       "score every pair of queues on the relay from activity timing (7 signals)"))
+                       "score every pair of queues on one relay from activity timing (7 signals)"))
+register_attack(Attack("two-relay-linkage", "two relays", two_relay_linkage,
+                       "the same signals over two colluding relays' merged traces"))
 
 _loaded = False
 

@@ -10,7 +10,7 @@ netem rule are stopped before the command exits.
 
 Layout of DIR (docs/lab.md):
     scenario.toml  truth.jsonl  results.json  report.md  roc/*.png
-    traces/<variant>/run<k>/{relay.jsonl, queues.json, run.json, flows/*.jsonl, ...}
+    traces/<variant>/run<k>/{relay0.jsonl, ..., queues.json, run.json, flows/*.jsonl, logs/}
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def _population_scenario(scenario: LabScenario, variant: Variant, seed: int, tes
                     reply_probability=t.reply_probability, reply_delay=t.reply_delay, reply_min=t.reply_min,
                     churn_rate=t.churn_rate, offline=t.offline, offline_min=t.offline_min,
                     daemon_args=daemon_args(variant), seed=seed, testnet=str(testnet) if testnet else None,
+                    relays=scenario.population.relays,
                     edges=tuple(edges), pattern=t.pattern, on=t.on, off=t.off)
 
 
@@ -134,13 +135,15 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
     finally:
         if network is not None:
             network.down()
-    shutil.copyfile(result["trace"], run_dir / "relay.jsonl")
+    for k, trace in enumerate(result["traces"]):
+        shutil.copyfile(trace, run_dir / f"relay{k}.jsonl")
     shutil.copyfile(result["truth"], run_dir / "queues.json")
     run_name = f"{variant.name}/run{repeat}"
-    truth = flows.truth_records(run_name, json.loads((run_dir / "queues.json").read_text()),
-                                run_dir / "relay.jsonl", result)
-    flows.write_flows(run_dir / "flows" / "relay.jsonl", flows.relay_flows(run_name, run_dir / "relay.jsonl", truth))
-    summary = {k: v for k, v in result.items() if k not in ("trace", "truth", "messages", "sent_at")}
+    traces = flows.relay_traces(run_dir)
+    truth = flows.truth_records(run_name, json.loads((run_dir / "queues.json").read_text()), traces, result)
+    flows.write_flows(run_dir / "flows" / "relay.jsonl",
+                      [f for relay, trace in traces.items() for f in flows.relay_flows(relay, trace, truth)])
+    summary = {k: v for k, v in result.items() if k not in ("trace", "traces", "truth", "messages", "sent_at")}
     summary.update(variant=variant.name, repeat=repeat, seed=seed, capture_notes=ctx.notes,
                    daemon_args=list(population.daemon_args))
     (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -191,7 +191,7 @@ def _check(s: LabScenario) -> LabScenario:
     need(bool(s.name.strip()), "name must not be empty")
     need(s.repeat >= 1, f"repeat must be at least 1, got {s.repeat}")
     need(p.users >= 2, f"population.users must be at least 2, got {p.users}")
-    need(p.relays == 1, f"population.relays: this lab runs one relay per network for now, got {p.relays}")
+    need(p.relays in (1, 2), f"population.relays must be 1 or 2, got {p.relays}")
     need(p.graph in GRAPHS, f"population.graph must be one of {', '.join(GRAPHS)}, got {p.graph!r}")
     if p.graph == "random":
         need(0 < p.mean_degree <= p.users - 1,

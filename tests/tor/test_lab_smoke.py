@@ -35,15 +35,34 @@ def descendants(root: int) -> set[int]:
                 continue
     found, frontier = set(), [root]
     while frontier:
-        kids = [p for p, parent in parents.items() if parent == frontier.pop()]
+        pid = frontier.pop()
+        kids = [p for p, parent in parents.items() if parent == pid]
         found.update(kids)
         frontier += kids
     return found
 
 
-def start(out: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "onionpost", "lab", "run", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start():
+    """Start 'onionpost lab run'; a run the test leaves running is interrupted and waited for."""
+    started = []
+
+    def launch(out: Path, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "onionpost", "lab", "run", *args, "--out", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield launch
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(240)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        proc.stderr.close()
 
 
 def assert_gone(pids: set[int], timeout: float = 30.0) -> None:
@@ -69,14 +88,12 @@ def watch(proc: subprocess.Popen, timeout: float, until=None) -> set[int]:
 
 
 @pytest.mark.timeout(1200)
-def test_smoke_scenario_end_to_end(tmp_path):
+def test_smoke_scenario_end_to_end(tmp_path, start):
     require_tor()
     out = tmp_path / "smoke"
     proc = start(out, "smoke", "--seed", "5")
     seen = watch(proc, 1100)
     stderr = proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
     assert proc.returncode == 0, stderr[-3000:]
     assert_gone(seen)
     assert seen, "the run started no process"
@@ -93,7 +110,7 @@ def test_smoke_scenario_end_to_end(tmp_path):
     assert any(r["kind"] == "session" and r["user"] for r in records)
 
     run_dir = out / "traces" / "default" / "run0"
-    assert (run_dir / "relay.jsonl").stat().st_size > 0
+    assert (run_dir / "relay0.jsonl").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
     linkage = results["summary"]["default"]["attacks"]["relay-linkage"]["signals"]
     assert 0.0 <= linkage["co_subscription"]["same_person"]["auc"]["mean"] <= 1.0
@@ -121,7 +138,7 @@ def test_smoke_scenario_end_to_end(tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_ctrl_c_stops_every_process_of_the_run(tmp_path):
+def test_ctrl_c_stops_every_process_of_the_run(tmp_path, start):
     require_tor()
     proc = start(tmp_path / "interrupted", "smoke")
     daemons = lambda seen: sum(" daemon " in _cmdline(p) for p in seen) >= 4  # noqa: E731
@@ -135,8 +152,6 @@ def test_ctrl_c_stops_every_process_of_the_run(tmp_path):
         proc.kill()
         pytest.fail("lab run did not stop within 240 s of SIGINT")
     stderr = proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
     assert proc.returncode == 130, stderr[-3000:]
     assert "interrupted" in stderr
     assert_gone(seen)

@@ -22,16 +22,16 @@ def make_lab_dir(out: Path, repeat: int = 2, n_people: int = 12) -> LabScenario:
                 run_dir = out / "traces" / mode / f"run{k}"
                 run_dir.mkdir(parents=True)
                 path, _ = trace.write(run_dir)
-                path.rename(run_dir / "relay.jsonl")
+                path.rename(run_dir / "relay0.jsonl")
                 (run_dir / "truth.json").rename(run_dir / "queues.json")
                 times = [e["t"] for e in trace.events]
                 sends = sum(e["ev"] == "cmd" and e["cmd"] == "SEND" for e in trace.events)
                 run = {"observed_from": min(times), "observed_until": max(times), "messages_sent": sends,
                        "latency": {"delivery": {"count": 1, "p50": 0.5 + k, "p95": 2.0 + k}}}
                 (run_dir / "run.json").write_text(json.dumps(run))
-                records = flows.truth_records(f"{mode}/run{k}", trace.truth, run_dir / "relay.jsonl", {})
+                records = flows.truth_records(f"{mode}/run{k}", trace.truth, {"relay0": run_dir / "relay0.jsonl"}, {})
                 flows.write_flows(run_dir / "flows" / "relay.jsonl",
-                                  flows.relay_flows(f"{mode}/run{k}", run_dir / "relay.jsonl", records))
+                                  flows.relay_flows("relay0", run_dir / "relay0.jsonl", records))
                 for record in records:
                     truth_file.write(json.dumps(record) + "\n")
     return scenario

@@ -85,7 +85,7 @@ def test_the_written_toml_reads_back_to_the_same_scenario_with_every_value(scena
     ("[network]\ntor = 1", "network.tor must be true or false"),
     ("[population]\ngraph = 'listed'\nusers = 3\ncontacts = [[0, 3]]", "population.contacts: [0, 3]"),
     ("[population]\ngraph = 'listed'", "population.contacts must list edges"),
-    ("[population]\nrelays = 2", "population.relays"),
+    ("[population]\nrelays = 3", "population.relays must be 1 or 2"),
     ("[[variant]]\nname = 'a'\n[[variant]]\nname = 'a'", "variant names repeat"),
 ])
 def test_bad_values_are_refused_naming_the_field(text, message):
