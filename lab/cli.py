@@ -76,8 +76,10 @@ def run(
     except KeyboardInterrupt:
         typer.echo("interrupted: every process of the run was stopped", err=True)
         raise typer.Exit(130) from None
-    except (LabError, OSError, RuntimeError) as exc:
-        _fail(str(exc) or type(exc).__name__)
+    except LabError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a run that fails says why in one line; its logs are in DIR/traces
+        _fail(f"the run failed: {exc or type(exc).__name__} (logs: {out / 'traces'})")
     typer.echo(f"report: {out / 'report.md'} ({len(results['runs'])} run(s))")
 
 

@@ -155,6 +155,19 @@ def _wait(condition, timeout: float, what: str):
     return result
 
 
+def _retry_unreachable(call, timeout: float = 300):
+    """``call()``, again while the relay is unreachable: a fresh onion service on a loaded machine can take
+    minutes to be reachable from every user's tor. Any other error, or the deadline, is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except RpcError as exc:
+            if "cannot reach" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(2.0)
+
+
 def _truth(people: list[Person]) -> dict:
     """Every queue's ids, reader, writer and conversation, from the people's own stores."""
     queues = []
@@ -296,8 +309,8 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
         edges = list(scenario.edges) or _graph(scenario.people, scenario.degree, rng)
         progress(f"{len(people)} people online; connecting {len(edges)} conversations")
         for a, b in edges:
-            link = people[a].call("invite", link_only=True, auto_accept=True)["link"]
-            people[b].call("connect", link=link, alias=people[a].name)
+            link = _retry_unreachable(lambda a=a: people[a].call("invite", link_only=True, auto_accept=True))["link"]
+            _retry_unreachable(lambda a=a, b=b, link=link: people[b].call("connect", link=link, alias=people[a].name))
 
         def all_connected() -> bool:
             expected = {p.name: sum(index in edge for edge in edges) for index, p in enumerate(people)}

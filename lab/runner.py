@@ -135,6 +135,9 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
     finally:
         if network is not None:
             network.down()
+        for log in sorted((work / "population").glob("*.log")):  # kept for a failed run too
+            (run_dir / "logs").mkdir(exist_ok=True)
+            shutil.copyfile(log, run_dir / "logs" / log.name)
     for k, trace in enumerate(result["traces"]):
         shutil.copyfile(trace, run_dir / f"relay{k}.jsonl")
     shutil.copyfile(result["truth"], run_dir / "queues.json")
@@ -147,9 +150,6 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
     summary.update(variant=variant.name, repeat=repeat, seed=seed, capture_notes=ctx.notes,
                    daemon_args=list(population.daemon_args))
     (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))
-    for log in sorted((work / "population").glob("*.log")):
-        (run_dir / "logs").mkdir(exist_ok=True)
-        shutil.copyfile(log, run_dir / "logs" / log.name)
     shutil.rmtree(work, ignore_errors=True)
     return {"run": run_name, "records": truth}
 
