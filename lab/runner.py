@@ -28,6 +28,9 @@ from onionpost.lab import flows, registry
 from onionpost.lab.scenario import LabScenario, Variant, contact_graph, daemon_args, to_toml
 
 Progress = Callable[[str, float], None]
+# How far into one run each of the population's progress messages is (the bar moves within a run).
+PHASES = (("private Tor network", 0.0), ("people online", 0.3), ("running the schedule", 0.4),
+          ("stopping the users", 0.9))
 
 
 class LabError(RuntimeError):
@@ -128,6 +131,7 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
         def on_done(people) -> None:
             for capture in registry.CAPTURES.values():
                 capture.stop(ctx)
+            progress("schedule done; stopping the users")
 
         population = _population_scenario(scenario, variant, seed, testnet)
         result = run_population(population, work / "population", progress=progress, on_ready=on_ready,
@@ -177,7 +181,9 @@ def run(scenario: LabScenario, out: Path, *, seed: int | None = None, repeat: in
                 base = 100.0 * index / (len(runs) + 1)
 
                 def step(message: str, variant=variant, k=k, base=base) -> None:
-                    report(f"{variant.name} run {k + 1}/{scenario.repeat}: {message}", base)
+                    within = next((share for part, share in PHASES if part in message), 0.0)
+                    report(f"{variant.name} run {k + 1}/{scenario.repeat}: {message}",
+                           base + within * 100.0 / (len(runs) + 1))
 
                 done = run_once(scenario, variant, k, scenario.seed + k, out, step)
                 for record in done["records"]:
