@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from . import api
 from .agent import Event
-from .home import socket_path
+from .home import socket_path, unix_address
 from .rpc import MAX_LINE, RpcError, error_line, notification_line, parse_request, result_line
 from .runtime import ClientRuntime
 from .store import events_since
@@ -44,7 +44,8 @@ class Daemon:
             self.path.unlink()  # we hold the home's lock: any socket file here is a dead daemon's
         old = os.umask(0o077)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_LINE)
+            with unix_address(self.path) as address:
+                self._server = await asyncio.start_unix_server(self._serve, path=address, limit=MAX_LINE)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_NAME = "lock"
@@ -35,6 +36,29 @@ class HomeNotPrivate(Exception):
 
 def socket_path(home: Path) -> Path:
     return Path(home) / SOCKET_NAME
+
+
+UNIX_PATH_MAX = 107
+"""Longest AF_UNIX path Linux takes (sun_path is 108 bytes with its final NUL)."""
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address to bind or connect ``path`` with, even when ``path`` is longer than AF_UNIX allows.
+
+    A deep home (a test's or the lab's temporary folder) gives a socket path
+    over 107 bytes. Then the address goes through the directory's descriptor,
+    ``/proc/self/fd/N/daemon.sock``, which names the same file in a few bytes.
+    The descriptor is needed only while bind or connect runs.
+    """
+    if len(os.fsencode(path)) <= UNIX_PATH_MAX or not os.path.isdir("/proc/self/fd"):
+        yield str(path)
+        return
+    fd = os.open(Path(path).parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{Path(path).name}"
+    finally:
+        os.close(fd)
 
 
 def check_private(home: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .home import socket_path
+from .home import socket_path, unix_address
 
 MAX_LINE = 1 << 20
 """Longest request line the daemon reads (1 MiB); a longer one is refused and the connection closed."""
@@ -114,7 +114,8 @@ class DaemonClient:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
             try:
-                sock.connect(str(path))
+                with unix_address(path) as address:
+                    sock.connect(address)
             except (ConnectionRefusedError, FileNotFoundError):
                 sock.close()
                 return None  # a socket file left by a daemon that died
@@ -178,7 +179,8 @@ class AsyncDaemonClient:
         path = Path(home_or_socket)
         if path.is_dir():
             path = socket_path(path)
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE * 16)
+        with unix_address(path) as address:
+            reader, writer = await asyncio.open_unix_connection(address, limit=MAX_LINE * 16)
         return cls(reader, writer)
 
     async def call(self, method: str, **params: Any) -> Any:

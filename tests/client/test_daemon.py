@@ -296,3 +296,28 @@ def test_receive_follow_streams_events_until_interrupted(pair):
         follow.send_signal(signal.SIGINT)
         _, err = follow.communicate(timeout=30)
     assert follow.returncode == 130 and "Traceback" not in err
+
+
+@pytest.mark.timeout(90)
+def test_a_home_deeper_than_a_unix_socket_path_allows_still_gets_its_daemon(tmp_path, nodes):
+    # AF_UNIX paths stop at 107 bytes; a lab run's or a test's temporary folder easily goes deeper.
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "alice"
+    assert len(str(deep / "daemon.sock")) > 107
+    Person(deep, "alice", [nodes("relay")])
+    daemon = DaemonProcess(deep, *FAST).start()
+    try:
+        assert stat.S_IMODE(os.stat(deep / "daemon.sock").st_mode) == 0o600
+        status = cli(deep, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["mode"] == "daemon"
+
+        async def over_asyncio():
+            client = await AsyncDaemonClient.connect(deep)
+            try:
+                return await client.call("status")
+            finally:
+                await client.close()
+
+        assert asyncio.run(over_asyncio())["mode"] == "daemon"
+    finally:
+        stop_all([daemon])
