@@ -56,10 +56,18 @@ class Scenario:
     daemon_args: tuple[str, ...] = ()
     """Extra ``onionpost daemon`` options (the timing settings under test); () means the defaults."""
     seed: int = 1
+    relays: int = 1
+    """Relay nodes, each recording its own trace; every profile trusts them all, so queues spread over them."""
     testnet: str | None = None
     """A private Tor network's folder ('onionpost testnet up'): the relay is then an onion service and every
     daemon reaches it through its own tor, a circuit per queue. None: all on loopback."""
     extra: dict = field(default_factory=dict)
+    edges: tuple[tuple[int, int], ...] = ()
+    """The conversations as pairs of person numbers; () means a random ``degree``-regular graph."""
+    pattern: str = "poisson"
+    """'poisson', or 'onoff': Poisson messages only during bursts (mean ``on`` s) separated by silences (mean ``off`` s)."""
+    on: float = 60.0
+    off: float = 120.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -148,6 +156,19 @@ def _wait(condition, timeout: float, what: str):
     return result
 
 
+def _retry_unreachable(call, timeout: float = 300):
+    """``call()``, again while the relay is unreachable: a fresh onion service on a loaded machine can take
+    minutes to be reachable from every user's tor. Any other error, or the deadline, is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except RpcError as exc:
+            if "cannot reach" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(2.0)
+
+
 def _truth(people: list[Person]) -> dict:
     """Every queue's ids, reader, writer and conversation, from the people's own stores."""
     queues = []
@@ -175,8 +196,12 @@ def _percentiles(values: list[float]) -> dict:
     return {"count": len(ordered), "p50": round(pick(0.5), 3), "p95": round(pick(0.95), 3)}
 
 
-def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str, list[float]]) -> dict:
-    """What the defences cost: send -> received, send -> receipt back, and a waking client's first message."""
+def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str, list[float]],
+               messages: list[dict] | None = None) -> dict:
+    """What the defences cost: send -> received, send -> receipt back, and a waking client's first message.
+
+    ``messages``, if given, gets one record per message received: its text, recipient, send and receive times.
+    """
     delivery, receipt, wake = [], [], []
     for person in people:
         db = open_database(person.home, PASSWORD, create=False)
@@ -189,6 +214,9 @@ def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str
                     text = db.fetch_one("SELECT text FROM messages WHERE id = ?", (data["message"],))
                     if text and text[0] in sent:
                         delivery.append(data["at"] - sent[text[0]])
+                        if messages is not None:
+                            messages.append({"text": text[0], "to": person.name, "sent": sent[text[0]],
+                                             "received": data["at"]})
                         received.append((data["at"], sent[text[0]]))
                 elif kind == "delivered" and texts.get(data["message"]) in sent:
                     receipt.append(data["at"] - sent[texts[data["message"]]])
@@ -201,19 +229,32 @@ def _latencies(people: list[Person], sent: dict[str, float], online_at: dict[str
     return {"delivery": _percentiles(delivery), "receipt": _percentiles(receipt), "first_message_after_waking": _percentiles(wake)}
 
 
+def _bursts(scenario: Scenario, rng: random.Random) -> list[tuple[float, float]]:
+    """The intervals in which a conversation direction talks: all the time, or on/off bursts."""
+    if scenario.pattern == "poisson":
+        return [(0.0, scenario.duration)]
+    spans, t = [], rng.expovariate(1 / scenario.off)
+    while t < scenario.duration:
+        end = t + rng.expovariate(1 / scenario.on)
+        spans.append((t, min(end, scenario.duration)))
+        t = end + rng.expovariate(1 / scenario.off)
+    return spans
+
+
 def _schedule(scenario: Scenario, edges: list[tuple[int, int]], rng: random.Random) -> list[tuple[float, str, tuple]]:
     """(time offset, action, arguments), sorted: sends, replies and offline periods."""
     events = []
     for a, b in edges:
         for sender, receiver in ((a, b), (b, a)):
-            t = rng.expovariate(scenario.message_rate / 60)
-            while t < scenario.duration:
-                events.append((t, "send", (sender, receiver)))
-                if rng.random() < scenario.reply_probability:
-                    reply = t + scenario.reply_min + rng.expovariate(1 / scenario.reply_delay)
-                    if reply < scenario.duration:
-                        events.append((reply, "send", (receiver, sender)))
-                t += rng.expovariate(scenario.message_rate / 60)
+            for begin, until in _bursts(scenario, rng):
+                t = begin + rng.expovariate(scenario.message_rate / 60)
+                while t < until:
+                    events.append((t, "send", (sender, receiver)))
+                    if rng.random() < scenario.reply_probability:
+                        reply = t + scenario.reply_min + rng.expovariate(1 / scenario.reply_delay)
+                        if reply < scenario.duration:
+                            events.append((reply, "send", (receiver, sender)))
+                    t += rng.expovariate(scenario.message_rate / 60)
     for person in range(scenario.people):
         t = rng.expovariate(scenario.churn_rate / 60) if scenario.churn_rate > 0 else scenario.duration
         while t < scenario.duration:
@@ -224,52 +265,68 @@ def _schedule(scenario: Scenario, edges: list[tuple[int, int]], rng: random.Rand
     return sorted(events, key=lambda e: e[0])
 
 
-def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict:
-    """Set up, run and record one scenario; returns paths and counts (also written to ``workdir/run.json``)."""
+def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_ready=None, on_done=None) -> dict:
+    """Set up, run and record one scenario; returns paths and counts (also written to ``workdir/run.json``).
+
+    ``on_ready(people)`` is called once everyone is connected, before the schedule (a vantage point
+    starts capturing there); ``on_done(people)`` after the schedule, before anyone stops.
+    """
     rng = random.Random(scenario.seed)
     workdir.mkdir(parents=True, exist_ok=True)
-    relay_dir, trace = workdir / "relay", workdir / "trace.jsonl"
     onion = ["--onion"] if scenario.testnet else []
     testnet = ["--testnet", scenario.testnet] if scenario.testnet else []
-    subprocess.run([sys.executable, "-m", "onionpost", "node", "init", "--data", str(relay_dir), *onion], check=True,
-                   capture_output=True, timeout=60)
-    address = subprocess.run([sys.executable, "-m", "onionpost", "node", "address", "--data", str(relay_dir)],
-                             check=True, capture_output=True, text=True, timeout=60).stdout.strip()
-    relay = subprocess.Popen([sys.executable, "-m", "onionpost", "node", "run", "--data", str(relay_dir),
-                              "--trace", str(trace), *testnet], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True)
+    # The first relay keeps the single-relay names (relay/, trace.jsonl); more are relay1/, trace1.jsonl, ...
+    suffixes = ["", *(str(k) for k in range(1, scenario.relays))]
+    traces = [workdir / f"trace{k}.jsonl" for k in suffixes]
+    addresses, relays = [], []
     people: list[Person] = []
     try:
-        if "listening" not in relay.stdout.readline():
-            raise RuntimeError("the relay did not start")
+        for k, trace in zip(suffixes, traces):
+            relay_dir = workdir / f"relay{k}"
+            subprocess.run([sys.executable, "-m", "onionpost", "node", "init", "--data", str(relay_dir), *onion],
+                           check=True, capture_output=True, timeout=60)
+            addresses.append(subprocess.run(
+                [sys.executable, "-m", "onionpost", "node", "address", "--data", str(relay_dir)],
+                check=True, capture_output=True, text=True, timeout=60).stdout.strip())
+            relays.append(subprocess.Popen(
+                [sys.executable, "-m", "onionpost", "node", "run", "--data", str(relay_dir), "--trace", str(trace),
+                 *testnet], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        for relay in relays:
+            if "listening" not in relay.stdout.readline():
+                raise RuntimeError("a relay did not start")
         daemon_args = (*scenario.daemon_args, *testnet)
         for index in range(scenario.people):
             name = f"user{index}"
             db = open_database(workdir / name, PASSWORD, create=True)
-            add_relay(db, create_profile(db, name), address)
+            profile = create_profile(db, name)
+            for address in addresses:
+                add_relay(db, profile, address)
             db.close()
             people.append(Person(name, workdir / name, daemon_args))
         for person in people:
             person.launch()
         for person in people:  # started together: over Tor each bootstraps its own tor
             person.wait_ready()
-        edges = _graph(scenario.people, scenario.degree, rng)
+        edges = list(scenario.edges) or _graph(scenario.people, scenario.degree, rng)
         progress(f"{len(people)} people online; connecting {len(edges)} conversations")
         for a, b in edges:
-            link = people[a].call("invite", link_only=True, auto_accept=True)["link"]
-            people[b].call("connect", link=link, alias=people[a].name)
+            link = _retry_unreachable(lambda a=a: people[a].call("invite", link_only=True, auto_accept=True))["link"]
+            _retry_unreachable(lambda a=a, b=b, link=link: people[b].call("connect", link=link, alias=people[a].name))
 
         def all_connected() -> bool:
-            expected = {p.name: scenario.degree for p in people}
+            expected = {p.name: sum(index in edge for edge in edges) for index, p in enumerate(people)}
             return all(sum(c["state"] == "connected" for c in p.call("contacts")) == expected[p.name] for p in people)
 
         _wait(all_connected, 120 + 10 * len(edges), "every conversation connected")
         truth = _truth(people)
         (workdir / "truth.json").write_text(json.dumps(truth, indent=1))
+        if on_ready is not None:
+            on_ready(people)
         start = time.time()
         progress(f"connected; running the schedule for {scenario.duration:.0f} s")
         sent = failed = offline_periods = 0
         sent_at: dict[str, float] = {}
+        messages: list[dict] = []
         online_at: dict[str, list[float]] = {}
         for offset, action, args in _schedule(scenario, edges, rng):
             delay = start + offset - time.time()
@@ -296,14 +353,18 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
                 online_at.setdefault(people[args[0]].name, []).append(time.time())
         time.sleep(min(30.0, scenario.duration / 4))  # let the last messages and receipts arrive
         observed_until = time.time()
+        if on_done is not None:
+            on_done(people)
         for person in people:
             person.leave()
         for person in people:
             person.stop()
-        result = {"scenario": scenario.to_json(), "trace": str(trace), "truth": str(workdir / "truth.json"),
+        result = {"scenario": scenario.to_json(), "trace": str(traces[0]), "traces": [str(t) for t in traces],
+                  "truth": str(workdir / "truth.json"),
                   "observed_from": start, "observed_until": observed_until, "messages_sent": sent,
                   "send_failures": failed, "offline_periods": offline_periods, "queues": len(truth["queues"]),
-                  "latency": _latencies(people, sent_at, online_at)}
+                  "latency": _latencies(people, sent_at, online_at, messages), "messages": messages, "sent_at": sent_at,
+                  "edges": [list(e) for e in edges]}
         (workdir / "run.json").write_text(json.dumps(result, indent=1))
         return result
     finally:
@@ -311,10 +372,12 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print) -> dict
             person.leave()
         for person in people:
             person.stop()
-        relay.send_signal(signal.SIGTERM)
-        try:
-            relay.wait(30)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait(10)
-        relay.stdout.close()
+        for relay in relays:
+            relay.send_signal(signal.SIGTERM)
+        for relay in relays:
+            try:
+                relay.wait(30)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait(10)
+            relay.stdout.close()

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from onionpost.client.cli import register as register_client
+from onionpost.lab.cli import app as lab_app
 from onionpost.node.cli import app as node_app
 from onionpost.torconfig.cli import app as testnet_app
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(node_app, name="node", help="Run and inspect a relay node.")
 app.add_typer(testnet_app, name="testnet", help="A private Tor network on 127.0.0.1 for tests and the demo.")
+app.add_typer(lab_app, name="lab", help="The traffic-correlation lab: scripted users, attacks, reports (docs/lab.md).")
 register_client(app)
 
 
