@@ -364,6 +364,8 @@ class Capture:
     clock: Callable[[], float] = time.time
     fallback_reasons: list[str] = field(default_factory=list)
     """Why tcpdump was not used, when the source is ``control``."""
+    home: Path | None = None
+    """The client daemon's home: with tcpdump, its tor is followed across restarts (a user's churn)."""
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _control: object | None = field(default=None, repr=False)
     _records: list[tuple[float, int]] = field(default_factory=list, repr=False)
@@ -425,8 +427,14 @@ class Capture:
         """Add the client tor's OR connections not seen before."""
         try:
             pairs = tor_connections(self.pid, self.links.or_ports)
-        except CaptureError:  # the tor has gone: nothing more to see
-            return
+        except CaptureError:  # the tor has gone: nothing more to see, unless the daemon started a new one
+            if self.home is None or self.source != "tcpdump":
+                return
+            try:
+                self.pid = client_tor(self.home)[0]
+                pairs = tor_connections(self.pid, self.links.or_ports)
+            except CaptureError:
+                return
         known = {(c.local_port, c.remote_port) for c in self.connections}
         self.connections += _connections([p for p in pairs if p not in known], self.links, self.clock())
 
@@ -538,12 +546,14 @@ def client_tor(home: str | os.PathLike[str]) -> tuple[int, int, Path]:
 def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, control_port: int,
                   cookie_path: str | os.PathLike[str] | None = None, source: str = "auto",
                   interface: str = "lo", clock: Callable[[], float] = time.time,
-                  start_timeout: float = START_TIMEOUT) -> Capture:
+                  start_timeout: float = START_TIMEOUT, home: str | os.PathLike[str] | None = None) -> Capture:
     """Start capturing the guard link of the client tor ``tor_pid`` (a bootstrapped
     tor on the private network, control port ``control_port``) into ``out/name.jsonl``.
 
     ``source`` is ``auto`` (tcpdump if it may capture, else control-port
-    events), ``tcpdump`` or ``control``. Raises CaptureError with the reason if
+    events), ``tcpdump`` or ``control``. With the daemon's ``home``, a tcpdump
+    capture follows the tor the daemon starts after a restart (``client_tor``);
+    the control-port events end with the tor they were asked of. Raises CaptureError with the reason if
     the source asked for cannot run, or the tor has no OR connection yet.
     """
     if source not in ("auto", *SOURCES):
@@ -558,7 +568,8 @@ def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, contr
     if not pairs:
         raise CaptureError(f"tor {tor_pid} has no connection to a relay yet (is it bootstrapped?)")
     capture = Capture(name=name, out=out, source="tcpdump", pid=tor_pid, links=links,
-                      connections=_connections(pairs, links, clock()), start=clock(), clock=clock)
+                      connections=_connections(pairs, links, clock()), start=clock(), clock=clock,
+                      home=Path(home) if home is not None else None)
     reasons = []
     if source in ("auto", "tcpdump"):
         if not tcpdump_usable():
@@ -618,7 +629,7 @@ def start_guard(ctx) -> None:
         try:
             pid, port, cookie = client_tor(person.home)
             running[person.name] = start_capture(Path(ctx.run_dir) / GUARD_DIR, name=person.name, tor_pid=pid,
-                                                 control_port=port, cookie_path=cookie)
+                                                 control_port=port, cookie_path=cookie, home=person.home)
         except CaptureError as exc:
             failed[person.name] = str(exc)
     ctx.notes["guard"] = {"captured": bool(running), "failed": failed}

@@ -94,3 +94,24 @@ def test_a_user_whose_tor_is_not_running_is_noted_not_fatal(tmp_path):
     guardlink.stop_guard(ctx)
     assert ctx.notes["guard"]["captured"] is False
     assert "no running tor" in ctx.notes["guard"]["failed"]["user0"]
+
+
+def test_a_tcpdump_capture_follows_the_tor_a_restarted_daemon_starts(tmp_path, monkeypatch):
+    links = guardlink.TorLinks({9001: "F" * 40}, frozenset({"F" * 40}))
+    alive = {200: [(41000, 9001)]}  # the old tor (pid 100) has gone; the daemon's new one is 200
+
+    def connections(pid, or_ports):
+        if pid not in alive:
+            raise guardlink.CaptureError(f"no process {pid}")
+        return alive[pid]
+
+    monkeypatch.setattr(guardlink, "tor_connections", connections)
+    monkeypatch.setattr(guardlink, "client_tor", lambda home: (200, 9051, Path(home) / "tor" / "cookie"))
+    capture = guardlink.Capture(name="user0", out=tmp_path, source="tcpdump", pid=100, links=links,
+                                connections=[guardlink.Connection(40000, 9001)], start=0.0, clock=lambda: 5.0,
+                                home=tmp_path)
+    capture._look()
+    assert capture.pid == 200 and [c.local_port for c in capture.connections] == [40000, 41000]
+    capture.home, capture.pid = None, 100  # without the home the capture ends with its tor
+    capture._look()
+    assert capture.pid == 100 and len(capture.connections) == 2
