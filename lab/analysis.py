@@ -75,7 +75,8 @@ def analyse(out: Path) -> dict:
     pooled: dict[tuple, list] = {}
     for run_dir in runs:
         variant, repeat = run_dir.parent.name, run_dir.name
-        entry = {"variant": variant, "run": repeat, "costs": run_costs(run_dir), "attacks": {}}
+        entry = {"variant": variant, "run": repeat, "costs": run_costs(run_dir), "attacks": {},
+                 "capture_notes": json.loads((run_dir / "run.json").read_text()).get("capture_notes", {})}
         for attack in registry.ATTACKS.values():
             try:
                 scores = attack.score(run_dir)

@@ -1,8 +1,9 @@
 """``onionpost lab export DIR --format espresso|deepcoffea|jsonl``: the captured flows for published attacks.
 
 ESPRESSO and DeepCoFFEA read two folders of per-flow text files, ``inflow/``
-(the client side: a guard-link capture) and ``outflow/`` (the far side: here
-the relay's sessions), one line per packet, ``timestamp<TAB>signed size``; a
+(the client side: the "guard" capture's guard-link flows, ``flows/guard.jsonl``)
+and ``outflow/`` (the far side: here the relay's sessions), one line per packet,
+``timestamp<TAB>signed size`` (written by ``flowexport.write_flow_file``); a
 flow and its match have the same file name. The lab pairs them per user and
 run: ``<variant>_run<k>_<user>`` holds everything that user's side sent and
 received (all their sessions merged, time order). Timestamps are seconds
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from onionpost.lab.flowexport import read_pair_file, write_flow_file
 from onionpost.lab.flows import read_flows
 
 FORMATS = ("espresso", "deepcoffea", "jsonl")
@@ -67,8 +69,8 @@ def export(out: Path, fmt: str, dest: Path | None = None) -> Path:
                 merged.setdefault((flow["user"], SIDES[flow["side"]]), []).extend(flow["packets"])
         for (user, side), packets in sorted(merged.items()):
             name = f"{run_dir.parent.name}_{run_dir.name}_{user}"
-            lines = [f"{t - origin:.6f}\t{int(size)}" for t, size in sorted(packets)]
-            (dest / side / name).write_text("\n".join(lines) + "\n", encoding="ascii")
+            rows = sorted(packets)
+            write_flow_file(dest / side / name, [t for t, _ in rows], [s for _, s in rows], origin)
             entry = index["flows"].setdefault(name, {"run": f"{run_dir.parent.name}/{run_dir.name}", "user": user,
                                                      "origin": origin, "sides": []})
             entry["sides"].append(side)
@@ -82,9 +84,6 @@ def read_layout(folder: Path) -> dict[str, dict[str, list[tuple[float, int]]]]:
     flows: dict[str, dict[str, list[tuple[float, int]]]] = {}
     for side in SIDES.values():
         for path in sorted((folder / side).iterdir()):
-            packets = []
-            for line in path.read_text(encoding="ascii").splitlines():
-                t, size = line.split("\t")
-                packets.append((float(t), int(size)))
-            flows.setdefault(path.name, {})[side] = packets
+            t, size = read_pair_file(path)
+            flows.setdefault(path.name, {})[side] = list(zip(t.tolist(), size.tolist()))
     return flows

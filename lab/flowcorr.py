@@ -28,9 +28,11 @@ published attacks run on the exported ``inflow/``/``outflow/`` files.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,7 @@ from onionpost.lab.relayview import Trace, read_trace, read_truth
 
 BLOCK = 16384  # docs/protocol/relay.md: every block, either way, is 16384 bytes
 NULL_SHIFTS = 16  # shifted copies of each flow that a pair's score is ranked against
+Scores = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # registry.Scores
 RECIPIENT_COMMANDS = frozenset({"NEW", "KEY", "SUB", "GET", "ACK", "OFF", "DEL"})
 
 
@@ -367,6 +370,19 @@ def evaluate_together(pr: linkage.Pairs, scored: FlowScores, link_scores: np.nda
     the mean of the two scores' ranks. Returns the metrics of relay alone,
     flow alone and together on the same pairs.
     """
+    labels, relay, flow, together, watched = together_scores(pr, scored, link_scores, watched)
+    return {
+        "watched": sorted(watched),
+        "pairs": {"total": len(labels), "positive": int(labels.sum()), "negative": int((~labels).sum())},
+        "relay": linkage.roc_metrics(labels, relay),
+        "flow": linkage.roc_metrics(labels, flow),
+        "together": linkage.roc_metrics(labels, together),
+    }
+
+
+def together_scores(pr: linkage.Pairs, scored: FlowScores, link_scores: np.ndarray,
+                    watched: Iterable[str] | None = None):
+    """``evaluate_together``'s pairs: (labels, relay score, flow score, together score, watched people)."""
     watched = set(watched if watched is not None else (f.owner for f in scored.flows if f.owner is not None))
     keep_flows = np.asarray([f.owner in watched for f in scored.flows], dtype=bool)
     q_scores = queue_flow_scores(pr, scored)[:, keep_flows]
@@ -379,13 +395,7 @@ def evaluate_together(pr: linkage.Pairs, scored: FlowScores, link_scores: np.nda
     labels = pr.same_person[mask]
     relay, flow = np.asarray(link_scores, dtype=float)[mask], flow_pair[mask]
     together = (_ranks(relay) + _ranks(flow)) / 2
-    return {
-        "watched": sorted(watched),
-        "pairs": {"total": int(mask.sum()), "positive": int(labels.sum()), "negative": int((~labels).sum())},
-        "relay": linkage.roc_metrics(labels, relay),
-        "flow": linkage.roc_metrics(labels, flow),
-        "together": linkage.roc_metrics(labels, together),
-    }
+    return labels, relay, flow, together, watched
 
 
 def format_table(flow: dict | None = None, together: dict | None = None) -> str:
@@ -413,3 +423,63 @@ def format_table(flow: dict | None = None, together: dict | None = None) -> str:
         if k == 0:
             lines.append("-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# -- the lab's attacks (registry.Attack) -----------------------------------------------
+
+def run_flows(run_dir: Path, relay: str = "relay0") -> tuple[FlowScores, dict]:
+    """Score one run's guard flows against ``relay``'s sessions over the observed interval.
+
+    FileNotFoundError if the run has no guard capture (the report says "not captured").
+    """
+    from onionpost.lab.guardlink import GUARD_DIR, guard_flow_paths, read_flow
+
+    paths = guard_flow_paths(run_dir)
+    if not paths:
+        raise FileNotFoundError(2, "no guard-link capture in this run", str(Path(run_dir) / GUARD_DIR))
+    run = json.loads((Path(run_dir) / "run.json").read_text())
+    flows = [series_of_flow(read_flow(p), name=p.stem, owner=p.stem) for p in paths]
+    sessions = relay_sessions(Path(run_dir) / f"{relay}.jsonl", Path(run_dir) / "queues.json")
+    return score(flows, sessions, start=run["observed_from"], end=run["observed_until"]), run
+
+
+def guard_flow(run_dir: Path) -> Scores:
+    """Each watched user's guard flow against every session of relay0: is it theirs?
+
+    Pairs count where both owners are known and the session was active; signals:
+    ``vote`` (the windowed vote) and ``rank`` (``flow_ties``: comparable across sessions).
+    """
+    scored, _ = run_flows(run_dir)
+    known_f = np.asarray([f.owner is not None for f in scored.flows], dtype=bool)
+    known_s = np.asarray([s.owner is not None and scored.active[k] > 0 for k, s in enumerate(scored.sessions)],
+                         dtype=bool)
+    mask = known_f[:, None] & known_s[None, :]
+    labels = scored.labels()[mask]
+    return {"vote": {"same_person": (labels, scored.score[mask])},
+            "rank": {"same_person": (labels, flow_ties(scored)[mask])}}
+
+
+def guard_and_relay(run_dir: Path) -> Scores:
+    """Two queues of one person, with a guard observer beside relay0's operator (``evaluate_together``).
+
+    Signals: ``flow`` alone, and each relay-side linkage signal combined with it (``<signal>+flow``).
+    """
+    from onionpost.lab import registry
+
+    scored, _ = run_flows(run_dir)
+    pr = registry.relay_pairs(Path(run_dir), ["relay0"])
+    out: Scores = {}
+    for name, link in linkage.score_all(pr).items():
+        labels, _, flow, together, _ = together_scores(pr, scored, link)
+        out.setdefault("flow", {"same_person": (labels, flow)})
+        out[f"{name}+flow"] = {"same_person": (labels, together)}
+    return out
+
+
+def register(registry) -> None:
+    registry.register_attack(registry.Attack(
+        "guard-flow", "guard", guard_flow,
+        "windowed cross-correlation of each user's guard-link flow with relay0's sessions (same person?)"))
+    registry.register_attack(registry.Attack(
+        "guard+relay", "guard+relay", guard_and_relay,
+        "two queues of one person: relay-side linkage signals combined with the guard flow's ties"))

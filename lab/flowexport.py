@@ -33,8 +33,14 @@ from onionpost.lab.flowcorr import Series
 _NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def _lines(t: np.ndarray, size: np.ndarray, origin: float) -> str:
-    return "".join(f"{x - origin:.6f}\t{int(s)}\n" for x, s in zip(t.tolist(), size.tolist()))
+def write_flow_file(path: Path, t, size, origin: float) -> None:
+    """One flow in the published layout: ``seconds since origin<TAB>signed size`` a line.
+
+    The one writer of ``inflow/``/``outflow/`` files (``export_pairs`` here, ``lab export`` in ``export``).
+    """
+    t, size = np.asarray(t, dtype=float), np.asarray(size, dtype=np.int64)
+    path.write_text("".join(f"{x - origin:.6f}\t{int(s)}\n" for x, s in zip(t.tolist(), size.tolist())),
+                    encoding="ascii")
 
 
 def export_pairs(flows: Sequence[Series], sessions: Sequence[Series], out: str | os.PathLike[str], *,
@@ -65,8 +71,8 @@ def export_pairs(flows: Sequence[Series], sessions: Sequence[Series], out: str |
         first, last = float(session.t.min()), float(session.t.max())
         keep = (flow.t >= first - margin) & (flow.t <= last + margin)
         name = _NAME.sub("-", f"{session.owner}_{session.name}")
-        (inflow / name).write_text(_lines(flow.t[keep], flow.size[keep], first), encoding="utf-8")
-        (outflow / name).write_text(_lines(session.t, session.size, first), encoding="utf-8")
+        write_flow_file(inflow / name, flow.t[keep], flow.size[keep], first)
+        write_flow_file(outflow / name, session.t, session.size, first)
         names.append(name)
     return names
 

@@ -364,6 +364,8 @@ class Capture:
     clock: Callable[[], float] = time.time
     fallback_reasons: list[str] = field(default_factory=list)
     """Why tcpdump was not used, when the source is ``control``."""
+    home: Path | None = None
+    """The client daemon's home: with tcpdump, its tor is followed across restarts (a user's churn)."""
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _control: object | None = field(default=None, repr=False)
     _records: list[tuple[float, int]] = field(default_factory=list, repr=False)
@@ -425,8 +427,14 @@ class Capture:
         """Add the client tor's OR connections not seen before."""
         try:
             pairs = tor_connections(self.pid, self.links.or_ports)
-        except CaptureError:  # the tor has gone: nothing more to see
-            return
+        except CaptureError:  # the tor has gone: nothing more to see, unless the daemon started a new one
+            if self.home is None or self.source != "tcpdump":
+                return
+            try:
+                self.pid = client_tor(self.home)[0]
+                pairs = tor_connections(self.pid, self.links.or_ports)
+            except CaptureError:
+                return
         known = {(c.local_port, c.remote_port) for c in self.connections}
         self.connections += _connections([p for p in pairs if p not in known], self.links, self.clock())
 
@@ -538,12 +546,14 @@ def client_tor(home: str | os.PathLike[str]) -> tuple[int, int, Path]:
 def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, control_port: int,
                   cookie_path: str | os.PathLike[str] | None = None, source: str = "auto",
                   interface: str = "lo", clock: Callable[[], float] = time.time,
-                  start_timeout: float = START_TIMEOUT) -> Capture:
+                  start_timeout: float = START_TIMEOUT, home: str | os.PathLike[str] | None = None) -> Capture:
     """Start capturing the guard link of the client tor ``tor_pid`` (a bootstrapped
     tor on the private network, control port ``control_port``) into ``out/name.jsonl``.
 
     ``source`` is ``auto`` (tcpdump if it may capture, else control-port
-    events), ``tcpdump`` or ``control``. Raises CaptureError with the reason if
+    events), ``tcpdump`` or ``control``. With the daemon's ``home``, a tcpdump
+    capture follows the tor the daemon starts after a restart (``client_tor``);
+    the control-port events end with the tor they were asked of. Raises CaptureError with the reason if
     the source asked for cannot run, or the tor has no OR connection yet.
     """
     if source not in ("auto", *SOURCES):
@@ -558,7 +568,8 @@ def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, contr
     if not pairs:
         raise CaptureError(f"tor {tor_pid} has no connection to a relay yet (is it bootstrapped?)")
     capture = Capture(name=name, out=out, source="tcpdump", pid=tor_pid, links=links,
-                      connections=_connections(pairs, links, clock()), start=clock(), clock=clock)
+                      connections=_connections(pairs, links, clock()), start=clock(), clock=clock,
+                      home=Path(home) if home is not None else None)
     reasons = []
     if source in ("auto", "tcpdump"):
         if not tcpdump_usable():
@@ -579,3 +590,76 @@ def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, contr
     _start_events(capture, control_port, cookie)
     capture.start = clock()
     return capture
+
+
+# -- the lab's "guard" vantage point (registry.Capture) -----------------------------
+
+GUARD_DIR = "guard"  # traces/<variant>/run<k>/guard/<user>.jsonl: one flow file per watched user
+_RUNNING: dict[Path, dict[str, Capture]] = {}
+
+
+def guard_flow_paths(run_dir: Path) -> list[Path]:
+    """The guard-link flow files of one run (not the ``.cells.jsonl`` beside them)."""
+    return sorted(p for p in (Path(run_dir) / GUARD_DIR).glob("*.jsonl") if not p.name.endswith(".cells.jsonl"))
+
+
+def write_guard_flows(run_dir: Path) -> int:
+    """``flows/guard.jsonl`` (``flows.write_flows``) from the run's guard flow files, for the exports; returns how many."""
+    from onionpost.lab.flows import write_flows
+
+    out = []
+    for path in guard_flow_paths(run_dir):
+        flow = read_flow(path)
+        out.append({"flow": f"guard-{path.stem}", "vantage": "guard", "side": "client", "user": path.stem,
+                    "conversation": None, "source": flow.source,
+                    "packets": [[t, s] for t, s in zip(flow.t.tolist(), flow.size.tolist())]})
+    write_flows(Path(run_dir) / "flows" / "guard.jsonl", out)
+    return len(out)
+
+
+def start_guard(ctx) -> None:
+    """One guard-link capture per user on a private Tor network; a note (and nothing captured) on loopback."""
+    if ctx.testnet is None:
+        ctx.notes["guard"] = {"captured": False, "note": "loopback run: no Tor guard link to observe"}
+        return
+    running: dict[str, Capture] = {}
+    failed: dict[str, str] = {}
+    _RUNNING[Path(ctx.run_dir)] = running  # before starting any: stop_guard stops what did start
+    for person in ctx.people:
+        try:
+            pid, port, cookie = client_tor(person.home)
+            running[person.name] = start_capture(Path(ctx.run_dir) / GUARD_DIR, name=person.name, tor_pid=pid,
+                                                 control_port=port, cookie_path=cookie, home=person.home)
+        except CaptureError as exc:
+            failed[person.name] = str(exc)
+    ctx.notes["guard"] = {"captured": bool(running), "failed": failed}
+
+
+def stop_guard(ctx) -> None:
+    """Stop every capture of this run (in parallel: tcpdump waits for its file to settle) and index the flows."""
+    running = _RUNNING.pop(Path(ctx.run_dir), {})
+    if not running:
+        return
+    errors: dict[str, str] = {}
+
+    def stop(name: str, capture: Capture) -> None:
+        try:
+            capture.stop()
+        except (CaptureError, OSError) as exc:
+            errors[name] = str(exc)
+
+    threads = [threading.Thread(target=stop, args=item, name=f"stop-{item[0]}") for item in running.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    note = ctx.notes.setdefault("guard", {})
+    note["failed"] = {**note.get("failed", {}), **errors}
+    note["sources"] = {name: c.source for name, c in running.items() if name not in errors}
+    note["source"] = "+".join(sorted(set(note["sources"].values()))) or None
+    note["fallback_reasons"] = sorted({r for c in running.values() for r in c.fallback_reasons})
+    note["flows"] = write_guard_flows(ctx.run_dir)
+
+
+def register(registry) -> None:
+    registry.register_capture(registry.Capture("guard", start_guard, stop_guard))

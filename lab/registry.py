@@ -78,7 +78,16 @@ def register_attack(attack: Attack) -> None:
 
 
 def _linkage(run_dir: Path, relays: list[str]) -> Scores:
-    """The linkage signals (``linkage.score_all``) over the observed interval, on the queues these relays hold.
+    """The linkage signals (``linkage.score_all``) over the observed interval, on the queues these relays hold."""
+    from onionpost.lab import linkage
+
+    pr = relay_pairs(run_dir, relays)
+    scores = linkage.score_all(pr)
+    return {name: {q: (pr.labels(q), s) for q in linkage.QUESTIONS} for name, s in scores.items()}
+
+
+def relay_pairs(run_dir: Path, relays: list[str]):
+    """``linkage.pairs`` of the queues these relays hold, from their traces over the observed interval.
 
     Several relays' traces are merged as one operator sees them: session numbers kept apart per relay.
     """
@@ -98,9 +107,7 @@ def _linkage(run_dir: Path, relays: list[str]) -> Scores:
                     events.append(e)
     truth = json.loads((run_dir / "queues.json").read_text())
     held = {"queues": [q for q in truth["queues"] if q["rid"] in seen or q["snd"] in seen]}
-    pr = linkage.pairs(relayview.load(events, held))
-    scores = linkage.score_all(pr)
-    return {name: {q: (pr.labels(q), s) for q in linkage.QUESTIONS} for name, s in scores.items()}
+    return linkage.pairs(relayview.load(events, held))
 
 
 _SESSIONS_APART = 1_000_000_000

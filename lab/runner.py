@@ -113,6 +113,7 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
     work = out / "work" / variant.name / f"run{repeat}"
     run_dir.mkdir(parents=True)
     network = None
+    started: list[registry.Capture] = []
     testnet = work / "testnet" if scenario.network.tor else None
     try:
         if testnet is not None:
@@ -126,17 +127,20 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
         def on_ready(people) -> None:
             ctx.people = people
             for capture in registry.CAPTURES.values():
+                started.append(capture)
                 capture.start(ctx)
 
         def on_done(people) -> None:
-            for capture in registry.CAPTURES.values():
-                capture.stop(ctx)
+            while started:
+                started.pop(0).stop(ctx)
             progress("schedule done; stopping the users")
 
         population = _population_scenario(scenario, variant, seed, testnet)
         result = run_population(population, work / "population", progress=progress, on_ready=on_ready,
                                 on_done=on_done)
     finally:
+        while started:  # a run cut short: stop the captures (tcpdump, event listeners) it started
+            started.pop(0).stop(ctx)
         if network is not None:
             network.down()
         for log in sorted((work / "population").glob("*.log")):  # kept for a failed run too

@@ -113,6 +113,13 @@ def test_smoke_scenario_end_to_end(tmp_path, start):
     results = json.loads((out / "results.json").read_text())
     linkage = results["summary"]["default"]["attacks"]["relay-linkage"]["signals"]
     assert 0.0 <= linkage["co_subscription"]["same_person"]["auc"]["mean"] <= 1.0
+    # The guard vantage: every user's guard link captured, the source used noted, both attacks scored.
+    guard = results["runs"][0]["capture_notes"]["guard"]
+    assert guard["captured"] and guard["source"] in ("tcpdump", "control", "control+tcpdump"), guard
+    assert guard["flows"] == 4 and not guard["failed"], guard
+    for name in ("guard-flow", "guard+relay"):
+        attack = results["summary"]["default"]["attacks"][name]
+        assert not attack["missing"] and attack["signals"], attack
     report = (out / "report.md").read_text()
     assert "### default" in report and "bytes per message" in report
     assert all((out / "roc" / f"default-relay-linkage-{q}.png").stat().st_size > 0
@@ -125,7 +132,8 @@ def test_smoke_scenario_end_to_end(tmp_path, start):
     for flow in flows.read_flows(run_dir):
         if flow["user"] and flow["side"] == "relay":
             by_user.setdefault(flow["user"], []).extend(flow["packets"])
-    assert set(back) == {f"default_run0_{u}" for u in by_user}
+    assert set(back) == {f"default_run0_{u}" for u in by_user} | {f"default_run0_user{k}" for k in range(4)}
+    assert all("inflow" in back[f"default_run0_user{k}"] for k in range(4))
     for user, packets in by_user.items():
         got = back[f"default_run0_{user}"]["outflow"]
         assert [s for _, s in got] == [s for _, s in sorted(packets)]
