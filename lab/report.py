@@ -29,6 +29,7 @@ def render(scenario: LabScenario, results: dict, figures: dict[tuple, str]) -> s
              f"(netem: {conditions.get('netem', 'not recorded')})",
              f"- TCP_NODELAY on tor's connections: {conditions.get('tcp_nodelay', 'not recorded')}",
              f"- wall time: {conditions.get('wall_seconds', 'n/a')} s", ""]
+    lines += _capture_lines(results.get("runs", []))
     if results.get("skipped_plugins"):
         lines += ["Vantage points not available in this installation:", ""]
         lines += [f"- `{name}`: {why}" for name, why in results["skipped_plugins"].items()] + [""]
@@ -70,3 +71,25 @@ def render(scenario: LabScenario, results: dict, figures: dict[tuple, str]) -> s
                     lines.append(f"![{attack_name} {question} {variant}](roc/{figure})")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _capture_lines(runs: list[dict]) -> list[str]:
+    """What each run's captures recorded: which source a vantage point used, and what failed."""
+    rows = []
+    for run in runs:
+        for name, note in sorted((run.get("capture_notes") or {}).items()):
+            if not note.get("captured"):
+                what = note.get("note", "nothing captured")
+            else:
+                what = f"source: {note.get('source') or 'unknown'}"
+                if note.get("flows") is not None:
+                    what += f", {note['flows']} flows"
+                if note.get("fallback_reasons"):
+                    what += f" (fallback because: {'; '.join(note['fallback_reasons'])})"
+            if note.get("failed"):
+                what += "; failed for " + ", ".join(f"{who} ({why})" for who, why in sorted(note["failed"].items()))
+            rows.append(f"| {run['variant']} | {run['run']} | {name} | {what} |")
+    if not rows:
+        return []
+    return ["## Vantage points captured", "", "| variant | run | capture | what it recorded |", "|---|---|---|---|",
+            *rows, ""]

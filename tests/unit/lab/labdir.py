@@ -38,6 +38,9 @@ def make_lab_dir(out: Path, repeat: int = 2, n_people: int = 12, guard: bool = F
                                   flows.relay_flows("relay0", run_dir / "relay0.jsonl", records))
                 if guard:
                     add_guard_capture(run_dir, seed=k)
+                    run["capture_notes"] = {"guard": {"captured": True, "source": "control", "flows": n_people,
+                                                      "failed": {}, "fallback_reasons": ["no capture permission"]}}
+                    (run_dir / "run.json").write_text(json.dumps(run))
                 for record in records:
                     truth_file.write(json.dumps(record) + "\n")
     return scenario

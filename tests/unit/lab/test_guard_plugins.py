@@ -41,6 +41,9 @@ def test_report_has_auc_rows_for_the_guard_attacks(guard_dir):
     assert "**guard-flow** (guard)" in report and "**guard+relay** (guard+relay)" in report
     assert "| rank | same_person |" in report and "| co_subscription+flow | same_person |" in report
     assert (guard_dir / "roc" / "correlated-guard-flow-same_person.png").stat().st_size > 0
+    # Which source the guard observer used is in the report, not only in results.json.
+    assert "## Vantage points captured" in report
+    assert "| correlated | run0 | guard | source: control, 8 flows (fallback because: no capture permission) |" in report
 
 
 def test_a_run_without_guard_capture_reports_not_captured(tmp_path):
@@ -50,6 +53,7 @@ def test_a_run_without_guard_capture_reports_not_captured(tmp_path):
         attack = results["summary"]["correlated"]["attacks"][name]
         assert not attack["signals"] and "not captured" in attack["missing"][0]
     assert "guard-flow: not captured" in (tmp_path / "report.md").read_text()
+    assert "## Vantage points captured" not in (tmp_path / "report.md").read_text()
     with pytest.raises(FileNotFoundError, match="no guard-link capture"):
         flowcorr.guard_flow(tmp_path / "traces" / "correlated" / "run0")
 
