@@ -22,13 +22,15 @@ from onionpost.transport.retry import FIRST_BACKOFF, next_backoff
 from .network import Delivery, NoRelayError
 from .queues import InboundQueue, OutboundQueue
 from .store import ContactState
+from .tor import TorUnavailable
 
 if TYPE_CHECKING:
     from .agent import Event
 
 HELD = 9e15
 """``not_before`` of an outbox row held for the next message the user sends (receipts="next")."""
-TRANSIENT = (LinkClosed, RelayError, NoRelayError, OSError, asyncio.TimeoutError)
+TRANSIENT = (LinkClosed, RelayError, NoRelayError, OSError, asyncio.TimeoutError, TorUnavailable)
+"""Failures the background loops retry: tor that could not start (yet) included, as a relay that is down."""
 SETTLE = 0.5
 """Seconds of quiet after which ``receive`` takes it that nothing more is waiting."""
 COVER_CHECK = 5.0
@@ -315,6 +317,11 @@ class QueueRunner:
                         self._first_attempts.discard(queue.rid)
             except TRANSIENT as exc:
                 self._relay_down(queue.relay, exc)
+                await asyncio.sleep(backoff + self.timing.reopen_delay())
+                backoff = next_backoff(backoff)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a keeper that died would leave its queue unread until a restart
+                self._event("warning", None, f"could not open a queue's link ({type(exc).__name__}: {exc}); trying again")
                 await asyncio.sleep(backoff + self.timing.reopen_delay())
                 backoff = next_backoff(backoff)
                 continue

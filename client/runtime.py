@@ -21,11 +21,7 @@ from .db import Database, open_database
 from .home import HomeLock
 from .profiles import Profile, get_profile, list_profiles, list_relays
 from .timing import TimingPolicy
-from .tor import ClientTor, TorSettings
-
-
-class TorUnavailable(Exception):
-    """Tor was needed (an onion relay) and could not be started or reached."""
+from .tor import ClientTor, TorSettings, TorUnavailable
 
 
 class OnDemandTor:

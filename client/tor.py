@@ -39,6 +39,10 @@ def check_isolation(mode: str, *, testnet: bool) -> None:
                          f"lab baseline, allowed only with --testnet or {LAB_ENV}=1")
 
 
+class TorUnavailable(Exception):
+    """Tor was needed (an onion relay) and could not be started or reached."""
+
+
 @dataclass(frozen=True)
 class TorSettings:
     socks: tuple[str, int] | None = None  # an existing tor's SOCKS port
