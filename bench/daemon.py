@@ -84,7 +84,7 @@ TOR_PART = True
 """bench.py passes ``tor=`` to this workload: its Tor figures run only when the Tor workloads do."""
 
 PASSWORD = "bench-" + secrets.token_hex(12)
-FAST = ("--link-spread", "1", "--receipt-delay", "0.2")
+FAST = ("--link-spread", "1", "--receipt-delay", "0.2", "--link-gap", "0")
 RECEIPT_PAUSE = 0.9
 """Seconds after a delivery before the next send is timed: a receipt waits at most 4 × 0.2 s."""
 CONTACTS = 50

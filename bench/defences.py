@@ -35,6 +35,8 @@ from .common import Result, Row
 
 SETTINGS = {
     "defaults": (),
+    "always connected (the defaults before presence)": ("--link-gap", "0", "--link-lifetime", "1800",
+                                                        "--send-link-idle", "300"),
     "send delay 10 s": ("--send-delay", "10"),
     "cover 2/min, Poisson": ("--cover-rate", "2"),
     "reconnect jitter 60 s": ("--reconnect-jitter", "60"),

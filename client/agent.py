@@ -126,7 +126,7 @@ class Agent(QueueRunner):
         self.timing = timing or TimingPolicy.immediate()
         relays = [TrustedRelay(r.address, r.access_key, r.operator) for r in list_relays(db, profile)]
         self.network = Network(relays, connector=connector, clock=clock, rng=rng, timeout=timeout, isolation=isolation,
-                               send_link_idle=self.timing.send_link_idle)
+                               send_link_idle=self.timing.send_idle)
         self.events: list[Event] = []
         self.listeners: list[Callable[[Event], None]] = []
         self._owners: dict[bytes, tuple[str, int]] = {}  # inbound rid -> ("invitation" | "contact", row id)

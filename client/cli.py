@@ -183,7 +183,8 @@ def _timing(*, daemon: bool):
     automatic messages leave after a short random delay that ``receive`` waits for."""
     from .timing import TimingPolicy
 
-    base = TimingPolicy() if daemon else TimingPolicy(spread=0.0, link_lifetime=0.0, receipts="next", automatic_delay=2.0)
+    base = TimingPolicy() if daemon else TimingPolicy(spread=0.0, link_lifetime=0.0, link_gap=0.0, send_link_idle=0.0,
+                                                       receipts="next", automatic_delay=2.0)
     changes = {}
     if _options.link_spread is not None:
         changes["spread"] = _options.link_spread
@@ -710,6 +711,9 @@ def daemon(
     cover_rate: Annotated[float, typer.Option("--cover-rate", help="Cover messages per minute on each contact's queue, indistinguishable on the wire. Default 0 (off).")] = 0.0,
     cover_mode: Annotated[str, typer.Option("--cover-mode", help="Cover schedule: poisson (default) or constant.")] = "poisson",
     batch: Annotated[float, typer.Option("--batch", help="Hold outgoing messages and send them together at the end of each window of this many seconds. Default 0 (off).")] = 0.0,
+    link_lifetime: Annotated[Optional[float], typer.Option("--link-lifetime", help="Mean seconds a queue's link stays open before it closes for a gap (or, with --link-gap 0, is replaced). Default 30; 0: until it drops.")] = None,
+    link_gap: Annotated[Optional[float], typer.Option("--link-gap", help="Mean seconds a queue's link stays closed between two lifetimes, so a relay cannot see when you are online (docs/privacy.md). Default 20; 0: always connected, lower latency.")] = None,
+    send_link_idle: Annotated[Optional[float], typer.Option("--send-link-idle", help="Mean seconds a link used only for sending stays open after a send. Default 15; 0: until the daemon stops.")] = None,
 ):
     """Keep the client running: stay connected, serve the local API on HOME/daemon.sock (docs/api.md)."""
     from . import api
@@ -723,6 +727,7 @@ def daemon(
     if _options.receipts is not None and _options.receipts not in RECEIPT_MODES:
         raise UserError(f"--receipts must be one of {', '.join(RECEIPT_MODES)}")
     _options.defences = _defences(reconnect_jitter, send_delay, cover_rate, cover_mode, batch)
+    _options.defences.update(_presence(link_lifetime, link_gap, send_link_idle))
     path = _home(home)
     if not (path / "onionpost.db").exists():
         raise UserError(f"no onionpost data in {path}: create a profile first with 'onionpost profile create NAME'")
@@ -777,6 +782,19 @@ def _defences(reconnect_jitter: float | None, send_delay: float, cover_rate: flo
         raise UserError(f"--cover-mode must be one of {', '.join(COVER_MODES)}, not {cover_mode!r}")
     return {"reconnect_jitter": reconnect_jitter, "send_delay": send_delay, "cover_rate": cover_rate,
             "cover_mode": cover_mode, "batch": batch}
+
+
+def _presence(link_lifetime: float | None, link_gap: float | None, send_link_idle: float | None) -> dict:
+    """The daemon's link schedule options that were given, as TimingPolicy fields, each checked with the
+    flag's name in the error."""
+    given = {}
+    for flag, field, value in (("--link-lifetime", "link_lifetime", link_lifetime), ("--link-gap", "link_gap", link_gap),
+                               ("--send-link-idle", "send_link_idle", send_link_idle)):
+        if value is not None:
+            if not 0 <= value <= 86400:
+                raise UserError(f"{flag} must be between 0 and 86400 seconds, not {value:g}")
+            given[field] = value
+    return given
 
 
 def _print_tasks() -> None:

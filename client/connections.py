@@ -332,6 +332,11 @@ class QueueRunner:
                 async with asyncio.timeout(lifetime):
                     await link.wait_closed()
             except TimeoutError:
+                gap = self.timing.gap()
+                if gap is not None:  # presence: closed for a gap of its own, then a new link (client/timing.py)
+                    await self.network.drop_link(queue)
+                    await asyncio.sleep(gap)
+                    continue
                 try:
                     await self.network.renew_link(queue)  # the new link subscribes before the old one closes
                 except TRANSIENT:

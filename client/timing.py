@@ -8,13 +8,24 @@ them by timing alone. So every queue lives on its own random schedule:
 - **opening**: after a start, a wake-up or a dropped link, each queue's link
   opens after its own delay drawn uniformly from ``[0, spread)``. Queues
   with an outgoing message waiting draw from ``[0, spread / 4)`` instead.
-- **lifetime**: an open link is replaced after an exponentially distributed
-  lifetime (mean ``link_lifetime``), independently per queue, so later
-  (re)subscriptions are a Poisson process per queue, not a person's rhythm.
-  The new link subscribes before the old one closes: no gap in delivery.
+- **presence**: a queue is not online whenever the device is. Its link
+  lives an exponentially distributed time (mean ``link_lifetime``, 30 s),
+  closes, and the next one opens after an exponentially distributed gap
+  (mean ``link_gap``, 20 s), independently per queue. A device coming back
+  online, or a link that dropped, waits a gap drawn the same way, so the
+  relay cannot tell a device's start from a queue's ordinary gap. What a
+  relay sees of each queue is then its own alternating process, and the
+  times a person is online show only faintly in it (docs/lab.md measured
+  why: without this, the overlap of two queues' online time linked a
+  person's queues). The cost: a message that arrives during a gap waits for
+  its end (docs/privacy.md). With ``link_gap = 0`` links are instead
+  replaced after their lifetime, the new one subscribing before the old one
+  closes (no gap in delivery), and open at uniform times in ``[0, spread)``.
 - **sending links**: a link used only to send to a contact closes after its
-  own exponentially distributed idle time (mean ``link_lifetime / 6``, 5 min),
-  and opens again with the next message.
+  own exponentially distributed idle time (mean ``send_link_idle``, 15 s),
+  and opens again with the next message; a long-lived sending link would add
+  the writer's online time to the queue's, which links a conversation's two
+  queues.
 - **closing**: a daemon that stops closes each link after its own delay,
   uniform in ``[0, spread)``, instead of all at once.
 - **sending after a start**: each contact's waiting messages leave after
@@ -61,8 +72,12 @@ MAX_COVER_RATE = 60.0
 class TimingPolicy:
     spread: float = 20.0
     """Seconds over which (re)opened links are spread."""
-    link_lifetime: float = 1800.0
-    """Mean seconds a link lives before it is replaced (0: links live until they drop)."""
+    link_lifetime: float = 30.0
+    """Mean seconds a queue's link lives before it closes or is replaced (0: links live until they drop)."""
+    link_gap: float = 20.0
+    """Mean seconds a queue's link stays closed between two lifetimes (0: no gap, links are replaced)."""
+    send_link_idle: float = 15.0
+    """Mean seconds a link used only for sending stays open after a send (0: until the client stops)."""
     receipts: str = "delay"
     receipt_delay: float = 30.0
     automatic_delay: float = 5.0
@@ -82,7 +97,7 @@ class TimingPolicy:
             raise ValueError(f"receipts must be one of {', '.join(RECEIPT_MODES)}, not {self.receipts!r}")
         if self.cover_mode not in COVER_MODES:
             raise ValueError(f"cover_mode must be one of {', '.join(COVER_MODES)}, not {self.cover_mode!r}")
-        for name in ("spread", "link_lifetime", "receipt_delay", "automatic_delay", "reconnect_jitter", "send_delay",
+        for name in ("spread", "link_lifetime", "link_gap", "send_link_idle", "receipt_delay", "automatic_delay", "reconnect_jitter", "send_delay",
                      "batch"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 86400):
@@ -93,20 +108,33 @@ class TimingPolicy:
     @classmethod
     def immediate(cls) -> TimingPolicy:
         """No defence: everything at once (the one-shot CLI's old behaviour; tests and baselines)."""
-        return cls(spread=0.0, link_lifetime=0.0, receipt_delay=0.0, automatic_delay=0.0)
+        return cls(spread=0.0, link_lifetime=0.0, link_gap=0.0, send_link_idle=0.0, receipt_delay=0.0,
+                   automatic_delay=0.0)
 
     def with_rng(self, rng: random.Random) -> TimingPolicy:
         return replace(self, rng=rng)
 
     def open_delay(self, *, urgent: bool = False) -> float:
-        """Seconds before a queue's link (re)opens."""
+        """Seconds before a queue's link opens after a start: a gap, as between two lifetimes; without
+        gaps, uniform over the spread. ``urgent`` (a message waits to leave): uniform over a quarter of it."""
+        if self.link_gap > 0 and not urgent:
+            return self.rng.expovariate(1.0 / self.link_gap)
         spread = self.spread / 4 if urgent else self.spread
         return self.rng.uniform(0.0, spread) if spread > 0 else 0.0
 
     def reopen_delay(self) -> float:
-        """Seconds before a dropped link reopens (each queue its own draw)."""
+        """Seconds before a dropped link reopens (each queue its own draw): uniform over
+        ``reconnect_jitter`` if set, else a gap, else uniform over the spread."""
+        if self.reconnect_jitter is None and self.link_gap > 0:
+            return self.rng.expovariate(1.0 / self.link_gap)
         jitter = self.spread if self.reconnect_jitter is None else self.reconnect_jitter
         return self.rng.uniform(0.0, jitter) if jitter > 0 else 0.0
+
+    def gap(self) -> float | None:
+        """Seconds a queue's link stays closed after its lifetime ended; None: replace it without a gap."""
+        if self.link_gap <= 0:
+            return None
+        return self.rng.expovariate(1.0 / self.link_gap)
 
     def send_wait(self) -> float:
         """Seconds a message the user sends waits before it may leave."""
@@ -128,11 +156,12 @@ class TimingPolicy:
             return ready
         return math.floor(ready / self.batch + 1) * self.batch
 
-    def send_link_idle(self) -> float | None:
-        """Seconds a link used only for sending stays open after a send: exponential, mean ``link_lifetime / 6``."""
-        if self.link_lifetime <= 0:
+    def send_idle(self) -> float | None:
+        """Seconds a link used only for sending stays open after a send: exponential, mean ``send_link_idle``;
+        None: until the client stops."""
+        if self.send_link_idle <= 0:
             return None
-        return self.rng.expovariate(6.0 / self.link_lifetime)
+        return self.rng.expovariate(1.0 / self.send_link_idle)
 
     def close_delay(self) -> float:
         """Seconds before a link closes when the client stops."""

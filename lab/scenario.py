@@ -81,6 +81,12 @@ class Client:
     """Daemon --receipts: 'delay', 'next' or 'off'."""
     receipt_delay: float = 30.0
     """Daemon --receipt-delay: mean seconds before a delivery receipt."""
+    link_lifetime: float = 30.0
+    """Daemon --link-lifetime: mean seconds a queue's link stays open before its gap (or replacement)."""
+    link_gap: float = 20.0
+    """Daemon --link-gap: mean seconds a queue's link stays closed between lifetimes; 0: always connected."""
+    send_link_idle: float = 15.0
+    """Daemon --send-link-idle: mean seconds a link used only for sending stays open after a send."""
 
 
 @dataclass(frozen=True)
@@ -218,8 +224,8 @@ def _check(s: LabScenario) -> LabScenario:
         need(c.isolation in ISOLATION_MODES,
              f"variant {v.name}: client.isolation must be one of {', '.join(ISOLATION_MODES)}, got {c.isolation!r}")
         need(c.receipts in RECEIPTS, f"variant {v.name}: client.receipts must be one of {', '.join(RECEIPTS)}")
-        need(c.link_spread >= 0 and c.receipt_delay >= 0,
-             f"variant {v.name}: client.link_spread and client.receipt_delay must not be negative")
+        for key in ("link_spread", "receipt_delay", "link_lifetime", "link_gap", "send_link_idle"):
+            need(getattr(c, key) >= 0, f"variant {v.name}: client.{key} must not be negative")
         for f in fields(Defences):
             need(getattr(d, f.name) >= 0, f"variant {v.name}: defences.{f.name} must not be negative")
     return s
@@ -316,7 +322,8 @@ def to_toml(s: LabScenario) -> str:
 # -- mapping onto a run -------------------------------------------------------------
 
 CLIENT_FLAGS = {"link_spread": "--link-spread", "receipts": "--receipts", "receipt_delay": "--receipt-delay",
-                "isolation": "--isolation"}
+                "isolation": "--isolation", "link_lifetime": "--link-lifetime", "link_gap": "--link-gap",
+                "send_link_idle": "--send-link-idle"}
 DEFENCE_FLAGS = {"send_delay": "--send-delay", "cover_rate": "--cover-rate",
                  "reconnect_jitter": "--reconnect-jitter", "batch": "--batch"}
 
@@ -358,7 +365,10 @@ _DEFENCES = replace(
     _DEFAULT, name="defences", description="the default population once per defence and isolation mode",
     variants=(
         Variant("defaults"),
-        Variant("no-defences", Client(link_spread=0.0, receipt_delay=0.0)),
+        Variant("no-defences", Client(link_spread=0.0, receipt_delay=0.0, link_lifetime=0.0, link_gap=0.0,
+                                      send_link_idle=0.0)),
+        # The defaults before the lab measured them: always connected, links renewed every 30 min on average.
+        Variant("always-connected", Client(link_lifetime=1800.0, link_gap=0.0, send_link_idle=300.0)),
         Variant("send-delay", defences=Defences(send_delay=5.0)),
         Variant("cover", defences=Defences(cover_rate=1.0)),
         Variant("reconnect-jitter", defences=Defences(reconnect_jitter=30.0)),

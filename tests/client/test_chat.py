@@ -28,7 +28,7 @@ from onionpost.client.timing import TimingPolicy
 from .conftest import PASSWORD, REPO, Person
 from .daemon_helpers import DaemonProcess
 
-FAST = ("--link-spread", "1", "--receipt-delay", "0.2")
+FAST = ("--link-spread", "1", "--receipt-delay", "0.2", "--link-gap", "0")
 SIZE = (80, 24)
 
 
@@ -266,7 +266,7 @@ async def test_reject_a_request_and_api_errors_on_screen(people, daemons):
 async def test_the_chat_runs_its_own_daemon_when_none_runs(people):
     alice, bob = people
     bob_daemon = DaemonProcess(bob.home, *FAST).start()
-    timing = TimingPolicy(spread=1.0, receipt_delay=0.2, automatic_delay=0.2)
+    timing = TimingPolicy(spread=1.0, receipt_delay=0.2, automatic_delay=0.2, link_gap=0.0)
     opened = []
 
     def open_runtime():

@@ -21,7 +21,7 @@ from onionpost.client.rpc import AsyncDaemonClient, RpcError
 from .conftest import PASSWORD, REPO, Person, run_cli
 from .daemon_helpers import DaemonProcess, connect_daemons, stop_all, wait_until
 
-FAST = ("--link-spread", "1", "--receipt-delay", "0.2")
+FAST = ("--link-spread", "1", "--receipt-delay", "0.2", "--link-gap", "0")
 
 
 @pytest.fixture

@@ -194,6 +194,46 @@ async def test_dropped_links_reopen_each_at_its_own_time_after_a_relay_restart(t
     assert max(again) - min(again) > 1.0, again  # six uniform draws over 4 s: not at one instant
 
 
+async def test_each_queue_is_online_on_its_own_schedule_and_messages_sent_in_its_gaps_still_arrive(pair):
+    alice, bob, (bob_alias, alice_alias) = pair
+    a = agent(alice, seed=3, link_lifetime=0.8, link_gap=0.8)  # presence, scaled down from 30 s / 20 s
+    b = agent(bob)
+    opened: list[float] = []
+    closed: list[float] = []
+    subscribe, drop = a.network.subscribe, a.network.drop_link
+
+    async def recording_subscribe(queue):
+        link = await subscribe(queue)
+        opened.append(time.monotonic())
+        return link
+
+    async def recording_drop(queue):
+        closed.append(time.monotonic())
+        await drop(queue)
+
+    a.network.subscribe, a.network.drop_link = recording_subscribe, recording_drop
+    texts = [f"in a gap or not {i}" for i in range(8)]
+
+    async def bob_talks():
+        for text in texts:
+            await b.send(alice_alias, text)
+            await asyncio.sleep(0.7)
+
+    talking = asyncio.create_task(bob_talks())
+    try:
+        await run_for([a, b], lambda: talking.done() and len([e for e in a.events if e.kind == "message"]) >= 8,
+                      timeout=90)
+        history = a.history(bob_alias, mark_read=False)
+    finally:
+        talking.cancel()
+        await close_agent(a), await close_agent(b)
+    assert [m["text"] for m in history] == texts  # every message, once, in order
+    # The queue's link closed by itself and reopened after a gap, again and again, with no one going offline.
+    assert len(closed) >= 3 and len(opened) >= 4, (opened, closed)
+    gaps = [min(t for t in opened if t > c) - c for c in closed if any(t > c for t in opened)]
+    assert all(g > 0 for g in gaps) and statistics.mean(gaps) > 0.2, gaps
+
+
 async def test_shared_isolation_puts_every_queue_on_one_socket(tmp_path, nodes):
     relay = nodes("relay")
     alice = Person(tmp_path / "alice", "alice", [relay])
@@ -221,6 +261,9 @@ async def test_shared_isolation_puts_every_queue_on_one_socket(tmp_path, nodes):
     (("--send-delay", "-2"), "--send-delay must be between 0 and 86400 seconds"),
     (("--batch", "1e9"), "--batch must be between 0 and 86400 seconds"),
     (("--reconnect-jitter", "-1"), "--reconnect-jitter must be between 0 and 86400 seconds"),
+    (("--link-gap", "-5"), "--link-gap must be between 0 and 86400 seconds"),
+    (("--link-lifetime", "1e6"), "--link-lifetime must be between 0 and 86400 seconds"),
+    (("--send-link-idle", "-1"), "--send-link-idle must be between 0 and 86400 seconds"),
 ])
 def test_the_daemon_refuses_bad_defence_options_in_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.delenv("ONIONPOST_LAB", raising=False)

@@ -8,7 +8,7 @@ import pytest
 from .conftest import REPO, Person
 from .daemon_helpers import DaemonProcess, connect_daemons, stop_all, wait_until
 
-FAST = ("--link-spread", "1", "--receipt-delay", "0.2")
+FAST = ("--link-spread", "1", "--receipt-delay", "0.2", "--link-gap", "0")
 
 
 def start_bot(home):

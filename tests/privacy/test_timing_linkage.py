@@ -6,8 +6,10 @@ one real relay that records its operator's view (``node run --trace``). The
 relay-side attack (``onionpost.lab.linkage``) scores every pair of queues.
 
 - With the default settings, the signals the defences target stay near
-  chance: co-subscription and co-closing for "same person", and ACK followed
-  by SEND (the automatic receipt) for "same conversation": AUC <= 0.6.
+  chance: co-subscription and co-closing for "same person", the overlap of
+  the queues' online time for "same person" (each queue is online on its own
+  schedule, not whenever the device is), and ACK followed by SEND (the
+  automatic receipt) for "same conversation": AUC <= 0.6.
 - With the defences off (everything at once, as the one-shot CLI used to), the
   same attack on the same kind of population links them (AUC >= 0.8): the
   measurement can see a link when there is one.
@@ -25,8 +27,10 @@ import pytest
 from onionpost.lab import linkage, relayview
 from onionpost.lab.population import Scenario, run_population
 
-DEFENDED = ("co_subscription", "same_person"), ("co_closing", "same_person"), ("ack_send", "same_conversation")
-NO_DEFENCES = ("--link-spread", "0", "--receipt-delay", "0")
+DEFENDED = (("co_subscription", "same_person"), ("co_closing", "same_person"), ("online_overlap", "same_person"),
+            ("ack_send", "same_conversation"))
+NO_DEFENCES = ("--link-spread", "0", "--receipt-delay", "0", "--link-gap", "0", "--link-lifetime", "0",
+               "--send-link-idle", "0")
 
 
 def measure(tmp_path: Path, name: str, scenario: Scenario) -> dict:
