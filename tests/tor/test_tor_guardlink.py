@@ -76,7 +76,8 @@ def people(tor_network, relay, tmp_path):
         db = open_database(tmp_path / name, PASSWORD, create=True)
         add_relay(db, create_profile(db, name), relay)
         db.close()
-        people.append(Person(name, tmp_path / name, ("--testnet", str(tor_network.directory))))
+        # Always-connected links: the test times each message to its receipt, which gaps would stretch.
+        people.append(Person(name, tmp_path / name, ("--testnet", str(tor_network.directory), "--link-gap", "0")))
     try:
         for person in people:
             person.launch()
