@@ -27,8 +27,9 @@ Figures:
   hub's ``Agent`` makes 50 invitations (auto-accept), 50 profiles of a second
   home ("peers", one ``Agent`` each) connect at once, then hub and peers
   ``receive`` in rounds until all 100 sides are connected. Then the hub's
-  daemon starts (``--link-spread 2``, other timing defaults: links renewed
-  after 30 min on average, receipts delayed) next to a daemon whose profile
+  daemon starts (``--link-spread 2 --link-gap 0``: always connected, so
+  there is one link per queue to count; links renewed after 30 s on average,
+  receipts delayed) next to a daemon whose profile
   has no contact (the baseline, same options, same window). Once the hub has
   one relay link per watched queue (``status`` → ``queues_watched``; links are
   the daemon's established TCP sockets to the relay, from ``/proc/PID/fd`` and
@@ -40,7 +41,10 @@ Figures:
   and how many of them were opened during the window (link renewals). Then the
   hub sends one message to each contact through the API (the peers are not
   running: nothing comes back) and, once its outbox is empty, a second window
-  is measured the same way: a daemon that has talked keeps its outbound links.
+  is measured the same way: a daemon that has talked keeps its outbound links until their own idle time (mean 15 s) ends.
+  Last, the hub's daemon restarts with the default schedule (each queue's
+  link lives ~30 s, then closes for a gap of ~20 s: never idle), runs
+  ``PRESENCE_SETTLE`` seconds, and a third window measures what that costs.
 * **Tor** (only when the Tor workloads run). A private Tor network
   (``torconfig.testnet``), two relays started as ``onionpost node init
   --onion`` / ``node run --testnet`` (each with its own tor, published as an
@@ -58,7 +62,7 @@ Figures:
   with bare clients on the same path.
 * **Idle daemon over Tor, 50 contacts** (full runs): the same hub on relay A
   (peers on relay B, setup over a separate tor), its daemon on a fresh tor of
-  its own (``--link-spread 5``); the same two windows (just started, after one
+  its own (``--link-spread 5 --link-gap 0``); the same two windows (just started, after one
   message to each contact); CPU, wake-ups, RSS of the daemon and of its tor,
   and its tor's circuits through the control port after each window (as
   ``scripts/count_circuits.py``: circuits carrying streams, all built circuits
@@ -506,6 +510,10 @@ def wait_links(daemon: Daemon, port: int, timeout: float) -> tuple[int, int, flo
     raise BenchError(f"the daemon of {daemon.home.name} opened {links} links for {watched} queues in {timeout:.0f} s")
 
 
+PRESENCE_SETTLE = 60.0
+"""Seconds the default-schedule daemon runs before its window: a few link lifetimes and gaps."""
+
+
 def idle_loopback(workdir: Path, quick: bool) -> dict:
     window = 15.0 if quick else 60.0
     node = NodeProcess.init(workdir / "idle-relay").start()
@@ -515,7 +523,7 @@ def idle_loopback(workdir: Path, quick: bool) -> dict:
         make_home(workdir / "peers", [f"p{i:02d}" for i in range(CONTACTS)], node.address)
         make_home(workdir / "empty", ["empty"], node.address)
         setup = asyncio.run(make_contacts(workdir / "hub", workdir / "peers", CONTACTS))
-        spread = ("--link-spread", "2")
+        spread = ("--link-spread", "2", "--link-gap", "0")  # always connected: one link per queue to count
         hub = Daemon(workdir / "hub", *spread).start()
         empty = Daemon(workdir / "empty", *spread).start()
         port = int(node.address.rsplit(":", 1)[1])
@@ -528,12 +536,20 @@ def idle_loopback(workdir: Path, quick: bool) -> dict:
         talked = idle_window(pids, window, ports)
         status = hub.call("status")["profiles"][0]
         hub.check_log()
+        stop_all(hub)
+        # The default schedule: every queue's link lives ~30 s and closes for a gap of ~20 s, so the
+        # daemon is never idle; measured once the links have cycled a few times.
+        hub = Daemon(workdir / "hub").start()
+        time.sleep(PRESENCE_SETTLE)
+        pids["hub"] = hub.pid
+        presence = idle_window(pids, window, ports)
+        hub.check_log()
         empty.check_log()
         node.check_log()
     finally:
         stop_all(hub, empty, node)
-    return {"fresh": fresh, "after_send": talked, "send": sent, "setup": setup, "queues_watched": watched,
-            "links_up_s": links_up_s, "hub_contacts": status["contacts"]}
+    return {"fresh": fresh, "after_send": talked, "presence": presence, "send": sent, "setup": setup,
+            "queues_watched": watched, "links_up_s": links_up_s, "hub_contacts": status["contacts"]}
 
 
 # --- 2. and 3. over Tor ---------------------------------------------------------------------
@@ -651,7 +667,7 @@ def tor_idle(workdir: Path, testnet: Path, addresses: list[str], alice: Daemon, 
         setup_tor.stop()
         setup_tor = None
         hub_tor = start_tor(workdir / "hub-tor", testnet_dir=testnet, socks=True)
-        hub = Daemon(workdir / "tor-hub", "--link-spread", "5", "--tor-socks", f"127.0.0.1:{hub_tor.socks_port}",
+        hub = Daemon(workdir / "tor-hub", "--link-spread", "5", "--link-gap", "0", "--tor-socks", f"127.0.0.1:{hub_tor.socks_port}",
                      "--tor-control", str(hub_tor.control_port)).start()
         watched, _, links_up_s = wait_links(hub, hub_tor.socks_port, timeout=180)
         time.sleep(5.0)  # short-lived circuits (descriptor fetches, introductions) close
@@ -769,12 +785,20 @@ def idle_rows(idle: dict) -> list[Row]:
         hub, empty, relay = f["hub"], f["empty"], f["relay"]
         note = f"{_wakeups(hub, empty, '0 contacts')}; relay node {relay['cpu_pct']:.2f} %"
         if phase == "fresh":
-            note += "; --link-spread 2, other timing defaults"
+            note += "; --link-spread 2 --link-gap 0 (always connected), other timing defaults"
         else:
             note += f"; {idle['send']['sent']} API sends, outbox empty after {idle['send']['seconds']:.1f} s"
         rows.append(Row("daemon", f"idle daemon, {n} contacts, loopback, {label}: CPU over {f['window_s']:.0f} s", hub["cpu_pct"],
                         empty["cpu_pct"], "idle daemon, 0 contacts, same window", "% of a core",
                         ratio(hub["cpu_pct"], empty["cpu_pct"]), "< 1 %", hub["cpu_pct"] < 1, note))
+    if "presence" in idle:
+        f = idle["presence"]
+        hub, empty = f["hub"], f["empty"]
+        rows.append(Row("daemon", f"daemon with the default presence schedule, {n} contacts, loopback: CPU over {f['window_s']:.0f} s",
+                        hub["cpu_pct"], empty["cpu_pct"], "idle daemon, 0 contacts, same window", "% of a core",
+                        ratio(hub["cpu_pct"], empty["cpu_pct"]), "< 1 %", hub["cpu_pct"] < 1,
+                        f"{_wakeups(hub, empty, '0 contacts')}; {hub['links']} links open at the end "
+                        f"(each queue's link lives ~30 s, then a gap of ~20 s); relay node {f['relay']['cpu_pct']:.2f} %"))
     fresh, talked = idle["fresh"], idle["after_send"]
     rows += [
         Row("daemon", f"idle daemon, {n} contacts, loopback: RSS", talked["hub"]["rss_mib"], talked["empty"]["rss_mib"],
@@ -795,7 +819,7 @@ def tor_idle_rows(idle: dict) -> list[Row]:
         f = idle[phase]
         hub, alice = f["hub"], f["alice"]
         note = (f"{_wakeups(hub, alice, 'alice')}; its tor {f['hub_tor']['cpu_pct']:.2f} % (alice's tor {f['alice_tor']['cpu_pct']:.2f} %)"
-                + ("; --link-spread 5" if phase == "fresh" else f"; {idle['send']['sent']} API sends, outbox empty after {idle['send']['seconds']:.0f} s"))
+                + ("; --link-spread 5 --link-gap 0" if phase == "fresh" else f"; {idle['send']['sent']} API sends, outbox empty after {idle['send']['seconds']:.0f} s"))
         rows.append(Row("daemon", f"idle daemon over Tor, {CONTACTS} contacts, {label}: CPU over {f['window_s']:.0f} s", hub["cpu_pct"],
                         alice["cpu_pct"], "alice's daemon (1 contact), same window", "% of a core",
                         ratio(hub["cpu_pct"], alice["cpu_pct"]), "< 1 %", hub["cpu_pct"] < 1, note))

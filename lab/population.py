@@ -318,7 +318,7 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
             return all(sum(c["state"] == "connected" for c in p.call("contacts")) == expected[p.name] for p in people)
 
         # Each handshake step may wait for a queue's gap (client/timing.py, presence): minutes, not seconds.
-        _wait(all_connected, 240 + 10 * len(edges), "every conversation connected")
+        _wait(all_connected, 600 + 20 * len(edges), "every conversation connected")
         truth = _truth(people)
         (workdir / "truth.json").write_text(json.dumps(truth, indent=1))
         if on_ready is not None:
