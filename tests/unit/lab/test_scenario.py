@@ -118,6 +118,17 @@ def test_builtins_match_the_issue():
     assert defences.population == default.population
 
 
+def test_the_scenario_client_defaults_are_the_daemons_own_so_an_unset_field_adds_no_option():
+    from onionpost.client.timing import TimingPolicy
+
+    daemon, lab = TimingPolicy(), Client()
+    assert (lab.link_spread, lab.receipts, lab.receipt_delay) == (daemon.spread, daemon.receipts, daemon.receipt_delay)
+    assert (lab.link_lifetime, lab.link_gap, lab.send_link_idle) == (daemon.link_lifetime, daemon.link_gap,
+                                                                     daemon.send_link_idle)
+    always = {v.name: v for v in BUILTINS["defences"].resolved_variants()}["always-connected"]
+    assert daemon_args(always) == ("--link-lifetime", "1800", "--link-gap", "0", "--send-link-idle", "300")
+
+
 def test_daemon_args_carry_only_what_differs_from_the_daemon_defaults():
     assert daemon_args(Variant()) == ()
     args = daemon_args(Variant("v", Client(isolation="shared", link_spread=0.0),
