@@ -6,7 +6,7 @@ as such. Per variant, attack, signal and question: AUC and TPR at 1 % and
 0.1 % FPR as the mean and sample sd over the repeats (sd is null for one
 run), and one ROC curve per signal over the repeats' pooled pairs. Each
 variant's costs sit beside it: blocks through the relay per real message
-sent, and delivery latency p50/p95 with what it adds to the first variant.
+sent, and delivery latency p50/p95 with what it adds to the scenario's first variant.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def analyse(out: Path) -> dict:
         raise ReportError(f"{out} holds no captured run (traces/<variant>/run<k>/run.json)")
     registry.load_plugins()
     variants = {v.name: v for v in scenario.resolved_variants()}
+    # The scenario's order, so costs are "added" to its first variant (the defaults), not to the first name.
+    order = {name: k for k, name in enumerate(variants)}
+    runs = sorted(runs, key=lambda d: order.get(d.parent.name, len(order)))
     per_run: list[dict] = []
     pooled: dict[tuple, list] = {}
     for run_dir in runs:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from onionpost.lab import analysis, export, flows
+from onionpost.lab.scenario import LabScenario, Population, Variant, to_toml
 from tests.unit.lab.labdir import make_lab_dir
 
 pytestmark = pytest.mark.timeout(120)
@@ -110,3 +111,18 @@ def test_truth_records_tie_each_session_to_its_user(lab_dir):
         for name in s["queues"]:
             q = queues[(s["run"], name)]
             assert q["reader"] in s["users"] or q["writer"] in s["users"]
+
+
+def test_added_latency_is_measured_against_the_scenarios_first_variant_not_the_first_name(tmp_path):
+    make_lab_dir(tmp_path, repeat=1, n_people=6)
+    reordered = LabScenario(name="synthetic", population=Population(users=6),
+                            variants=(Variant("independent"), Variant("correlated")))
+    (tmp_path / "scenario.toml").write_text(to_toml(reordered))
+    run = tmp_path / "traces" / "independent" / "run0" / "run.json"
+    data = json.loads(run.read_text())
+    data["latency"]["delivery"]["p50"] = 3.0  # the scenario's first variant: the baseline
+    run.write_text(json.dumps(data))
+    results = analysis.analyse(tmp_path)
+    assert results["variants"] == ["independent", "correlated"]
+    assert results["summary"]["independent"]["costs"]["added_delivery_p50"] == pytest.approx(0.0)
+    assert results["summary"]["correlated"]["costs"]["added_delivery_p50"] == pytest.approx(0.5 - 3.0)
