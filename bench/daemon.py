@@ -41,7 +41,8 @@ Figures:
   and how many of them were opened during the window (link renewals). Then the
   hub sends one message to each contact through the API (the peers are not
   running: nothing comes back) and, once its outbox is empty, a second window
-  is measured the same way: a daemon that has talked keeps its outbound links until their own idle time (mean 15 s) ends.
+  is measured the same way: a daemon that has talked keeps its outbound
+  links until their own idle time (mean 15 s) ends.
   Last, the hub's daemon restarts with the default schedule (each queue's
   link lives ~30 s, then closes for a gap of ~20 s: never idle), runs
   ``PRESENCE_SETTLE`` seconds, and a third window measures what that costs.
@@ -667,8 +668,8 @@ def tor_idle(workdir: Path, testnet: Path, addresses: list[str], alice: Daemon, 
         setup_tor.stop()
         setup_tor = None
         hub_tor = start_tor(workdir / "hub-tor", testnet_dir=testnet, socks=True)
-        hub = Daemon(workdir / "tor-hub", "--link-spread", "5", "--link-gap", "0", "--tor-socks", f"127.0.0.1:{hub_tor.socks_port}",
-                     "--tor-control", str(hub_tor.control_port)).start()
+        hub = Daemon(workdir / "tor-hub", "--link-spread", "5", "--link-gap", "0",
+                     "--tor-socks", f"127.0.0.1:{hub_tor.socks_port}", "--tor-control", str(hub_tor.control_port)).start()
         watched, _, links_up_s = wait_links(hub, hub_tor.socks_port, timeout=180)
         time.sleep(5.0)  # short-lived circuits (descriptor fetches, introductions) close
         pids = {"hub": hub.pid, "hub_tor": hub_tor.pid, "alice": alice.pid, "alice_tor": alice_tor.pid}

@@ -6,8 +6,9 @@ a receipt leaves on one queue right after an ACK on the other, a relay links
 them by timing alone. So every queue lives on its own random schedule:
 
 - **opening**: after a start, a wake-up or a dropped link, each queue's link
-  opens after its own delay drawn uniformly from ``[0, spread)``. Queues
-  with an outgoing message waiting draw from ``[0, spread / 4)`` instead.
+  opens after its own delay: a gap (below), or with ``link_gap = 0`` a draw
+  uniform in ``[0, spread)``. Queues with an outgoing message waiting draw
+  from ``[0, spread / 4)`` instead.
 - **presence**: a queue is not online whenever the device is. Its link
   lives an exponentially distributed time (mean ``link_lifetime``, 30 s),
   closes, and the next one opens after an exponentially distributed gap
@@ -97,8 +98,8 @@ class TimingPolicy:
             raise ValueError(f"receipts must be one of {', '.join(RECEIPT_MODES)}, not {self.receipts!r}")
         if self.cover_mode not in COVER_MODES:
             raise ValueError(f"cover_mode must be one of {', '.join(COVER_MODES)}, not {self.cover_mode!r}")
-        for name in ("spread", "link_lifetime", "link_gap", "send_link_idle", "receipt_delay", "automatic_delay", "reconnect_jitter", "send_delay",
-                     "batch"):
+        for name in ("spread", "link_lifetime", "link_gap", "send_link_idle", "receipt_delay", "automatic_delay",
+                     "reconnect_jitter", "send_delay", "batch"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 86400):
                 raise ValueError(f"{name} must be between 0 and 86400 seconds, not {value!r}")
@@ -117,16 +118,18 @@ class TimingPolicy:
     def open_delay(self, *, urgent: bool = False) -> float:
         """Seconds before a queue's link opens after a start: a gap, as between two lifetimes; without
         gaps, uniform over the spread. ``urgent`` (a message waits to leave): uniform over a quarter of it."""
-        if self.link_gap > 0 and not urgent:
-            return self.rng.expovariate(1.0 / self.link_gap)
+        gap = None if urgent else self.gap()
+        if gap is not None:
+            return gap
         spread = self.spread / 4 if urgent else self.spread
         return self.rng.uniform(0.0, spread) if spread > 0 else 0.0
 
     def reopen_delay(self) -> float:
         """Seconds before a dropped link reopens (each queue its own draw): uniform over
         ``reconnect_jitter`` if set, else a gap, else uniform over the spread."""
-        if self.reconnect_jitter is None and self.link_gap > 0:
-            return self.rng.expovariate(1.0 / self.link_gap)
+        gap = self.gap() if self.reconnect_jitter is None else None
+        if gap is not None:
+            return gap
         jitter = self.spread if self.reconnect_jitter is None else self.reconnect_jitter
         return self.rng.uniform(0.0, jitter) if jitter > 0 else 0.0
 
