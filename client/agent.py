@@ -27,6 +27,7 @@ import msgpack
 
 from onionpost.proto import AddressError, ProtocolError, crypto, parse_node_address
 from onionpost.transport import Connector, LinkClosed, RelayError
+from onionpost.transport.retry import FIRST_BACKOFF, next_backoff
 
 from . import e2e, payloads
 from .connections import HELD, TRANSIENT, QueueRunner
@@ -131,6 +132,7 @@ class Agent(QueueRunner):
         self.listeners: list[Callable[[Event], None]] = []
         self._owners: dict[bytes, tuple[str, int]] = {}  # inbound rid -> ("invitation" | "contact", row id)
         self._keepers: dict[bytes, asyncio.Task] = {}
+        self._accepting: dict[int, asyncio.Task] = {}  # request -> its automatic acceptance, retried until done
         self._wake: asyncio.Event | None = None
         self._retry_at: dict[int, tuple[float, float]] = {}  # contact -> (next attempt, backoff)
         self._relays_down: set[str] = set()
@@ -149,10 +151,12 @@ class Agent(QueueRunner):
 
     async def close(self, *, spread_closes: bool = False) -> None:
         """Stop; with ``spread_closes`` each link closes at its own random time (client/timing.py)."""
-        for task in self._keepers.values():
+        tasks = [*self._keepers.values(), *self._accepting.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._keepers.clear()
+        self._accepting.clear()
         await self.network.close(self.timing.close_delay if spread_closes else None)
 
     def _event(self, kind: str, contact: str | None, text: str, **data) -> None:
@@ -542,16 +546,52 @@ class Agent(QueueRunner):
                 return  # answered meanwhile
             contact_id = self.store.insert_contact(None, role="inviter", state=ContactState.PENDING,
                                                    provenance=provenance, now=self._now())
-            handshake = msgpack.packb({"secrets": secrets_blob, "request": delivery.body}, use_bin_type=True)
+            # The invitation's "accept automatically" goes with the request: the invitation row is gone now,
+            # and a failed ACK or accept below must not leave the request waiting for a user who never answers.
+            handshake = msgpack.packb({"secrets": secrets_blob, "request": delivery.body,
+                                       "auto_accept": bool(auto_accept)}, use_bin_type=True)
             self.store.update_contact(contact_id, inbound=inbound_blob, handshake=handshake, last_mid=delivery.mid)
             self.store.delete_invitation(invitation_id)
             self._event("request", f"request-{contact_id}",
                         f"connection request {contact_id} (via {PROVENANCE_LABELS[provenance]})", request=contact_id)
         self._owners[delivery.queue.rid] = ("contact", contact_id)
-        await self.network.ack(delivery.queue, delivery.mid)
         if auto_accept:
-            contact = await self.accept(contact_id, delay=self.timing.automatic_wait())
-            self._event("accepted", contact.alias, f"accepted request {contact_id} automatically", request=contact_id)
+            self._accept_in_background(contact_id)
+        await self.network.ack(delivery.queue, delivery.mid)
+
+    def _resume_auto_accepts(self) -> None:
+        """Accept, in the background, every request whose invitation said so and that is still pending."""
+        for contact in self.requests():
+            _, handshake = self.store.contact_fields(contact.id, "inbound", "handshake")
+            if handshake is not None and msgpack.unpackb(handshake, raw=False).get("auto_accept"):
+                self._accept_in_background(contact.id)
+
+    def _accept_in_background(self, request_id: int) -> None:
+        if self._wake is not None and request_id not in self._accepting:  # only while running
+            self._accepting[request_id] = asyncio.create_task(self._auto_accept(request_id))
+
+    async def _auto_accept(self, request_id: int) -> None:
+        """Accept a request automatically; while its relay cannot be reached, again after a backoff."""
+        backoff = FIRST_BACKOFF
+        try:
+            while True:
+                try:
+                    with self._working():
+                        contact = await self.accept(request_id, delay=self.timing.automatic_wait())
+                except NoRequest:
+                    return  # accepted, rejected or expired meanwhile
+                except (AgentError, *TRANSIENT) as exc:
+                    self._event("warning", f"request-{request_id}",
+                                f"could not accept request {request_id} automatically yet ({exc}); trying again")
+                    await asyncio.sleep(backoff)
+                    backoff = next_backoff(backoff)
+                    continue
+                self._event("accepted", contact.alias, f"accepted request {request_id} automatically",
+                            request=request_id)
+                return
+        finally:
+            if self._accepting.get(request_id) is asyncio.current_task():
+                del self._accepting[request_id]
 
     async def _handle_accept(self, contact_id: int, alias: str, delivery: Delivery) -> None:
         handshake, inbound_blob, outbound_blob = self.store.contact_fields(contact_id, "handshake", "inbound", "outbound")

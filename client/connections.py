@@ -184,6 +184,7 @@ class QueueRunner:
         try:
             with self._working():
                 self._watch_all()
+                self._resume_auto_accepts()  # requests a failed link or a restart left unanswered
                 await asyncio.sleep(0)  # let the keepers start (and mark themselves busy)
             if self._started is not None:
                 self._started.set()
@@ -198,10 +199,12 @@ class QueueRunner:
                 if task is not None:
                     task.cancel()
             await asyncio.gather(*(t for t in (sender, cover) if t is not None), return_exceptions=True)
-            for task in self._keepers.values():
+            tasks = [*self._keepers.values(), *self._accepting.values()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._keepers.clear()
+            self._accepting.clear()
             self._first_attempts.clear()
             self._wake = None
 
