@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from onionpost.client.queues import InboundQueue, OutboundQueue
 from onionpost.client.rpc import DaemonClient, RpcError
 
 PASSWORD = "population password"
+CONNECTING_AT_ONCE = 6  # conversations being set up at the same time
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,8 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
     starts capturing there); ``on_done(people)`` after the schedule, before anyone stops.
     """
     rng = random.Random(scenario.seed)
+    began = time.monotonic()
+    phases: dict[str, float] = {}  # seconds since the start at the end of each phase (wall-time costs, docs/lab.md)
     workdir.mkdir(parents=True, exist_ok=True)
     onion = ["--onion"] if scenario.testnet else []
     testnet = ["--testnet", scenario.testnet] if scenario.testnet else []
@@ -308,10 +312,18 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
         for person in people:  # started together: over Tor each bootstraps its own tor
             person.wait_ready()
         edges = list(scenario.edges) or _graph(scenario.people, scenario.degree, rng)
+        phases["people_ready"] = time.monotonic() - began
         progress(f"{len(people)} people online; connecting {len(edges)} conversations")
-        for a, b in edges:
-            link = _retry_unreachable(lambda a=a: people[a].call("invite", link_only=True, auto_accept=True))["link"]
-            _retry_unreachable(lambda a=a, b=b, link=link: people[b].call("connect", link=link, alias=people[a].name))
+
+        def introduce(edge: tuple[int, int]) -> None:
+            a, b = edge
+            link = _retry_unreachable(lambda: people[a].call("invite", link_only=True, auto_accept=True))["link"]
+            _retry_unreachable(lambda: people[b].call("connect", link=link, alias=people[a].name))
+
+        # Several at once: over Tor each invitation and answer builds circuits, seconds each (a daemon serves
+        # concurrent calls). list() re-raises the first failure.
+        with ThreadPoolExecutor(CONNECTING_AT_ONCE, thread_name_prefix="introduce") as pool:
+            list(pool.map(introduce, edges))
 
         def all_connected() -> bool:
             expected = {p.name: sum(index in edge for edge in edges) for index, p in enumerate(people)}
@@ -319,6 +331,7 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
 
         # Each handshake step may wait for a queue's gap (client/timing.py, presence): minutes, not seconds.
         _wait(all_connected, 600 + 20 * len(edges), "every conversation connected")
+        phases["connected"] = time.monotonic() - began
         truth = _truth(people)
         (workdir / "truth.json").write_text(json.dumps(truth, indent=1))
         if on_ready is not None:
@@ -354,18 +367,21 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
                 online_at.setdefault(people[args[0]].name, []).append(time.time())
         time.sleep(min(30.0, scenario.duration / 4))  # let the last messages and receipts arrive
         observed_until = time.time()
+        phases["schedule_done"] = time.monotonic() - began
         if on_done is not None:
             on_done(people)
+        phases["captures_stopped"] = time.monotonic() - began
         for person in people:
             person.leave()
         for person in people:
             person.stop()
+        phases["people_stopped"] = time.monotonic() - began
         result = {"scenario": scenario.to_json(), "trace": str(traces[0]), "traces": [str(t) for t in traces],
                   "truth": str(workdir / "truth.json"),
                   "observed_from": start, "observed_until": observed_until, "messages_sent": sent,
                   "send_failures": failed, "offline_periods": offline_periods, "queues": len(truth["queues"]),
                   "latency": _latencies(people, sent_at, online_at, messages), "messages": messages, "sent_at": sent_at,
-                  "edges": [list(e) for e in edges]}
+                  "edges": [list(e) for e in edges], "phases": {k: round(v, 1) for k, v in phases.items()}}
         (workdir / "run.json").write_text(json.dumps(result, indent=1))
         return result
     finally:

@@ -115,6 +115,7 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
     network = None
     started: list[registry.Capture] = []
     testnet = work / "testnet" if scenario.network.tor else None
+    began = time.monotonic()
     try:
         if testnet is not None:
             from onionpost.torconfig.testnet import PrivateTorNetwork
@@ -122,6 +123,7 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
             progress("starting a private Tor network")
             network = PrivateTorNetwork(testnet)
             network.up()
+        network_up = time.monotonic() - began
         ctx = registry.RunContext(run_dir, testnet)
 
         def on_ready(people) -> None:
@@ -156,7 +158,8 @@ def run_once(scenario: LabScenario, variant: Variant, repeat: int, seed: int, ou
                       [f for relay, trace in traces.items() for f in flows.relay_flows(relay, trace, truth)])
     summary = {k: v for k, v in result.items() if k not in ("trace", "traces", "truth", "messages", "sent_at")}
     summary.update(variant=variant.name, repeat=repeat, seed=seed, capture_notes=ctx.notes,
-                   daemon_args=list(population.daemon_args))
+                   daemon_args=list(population.daemon_args), network_up_seconds=round(network_up, 1),
+                   run_seconds=round(time.monotonic() - began, 1))
     (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))
     shutil.rmtree(work, ignore_errors=True)
     return {"run": run_name, "records": truth}
