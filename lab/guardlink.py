@@ -252,8 +252,23 @@ def pcap_packets(path: str | os.PathLike[str], connections: Iterable[tuple[int, 
     pcap on one of ``connections`` (client port, relay port): + from the client
     to the relay, - back. (Two processes may use one local port towards
     different relays, so the pair is what tells a connection.)"""
-    pairs = set(connections)
+    return packets_on(pcap_segments(path), connections)
+
+
+def packets_on(segments: dict[tuple[int, int], list[tuple[float, int]]],
+               connections: Iterable[tuple[int, int]]) -> list[tuple[float, int]]:
+    """The records of ``pcap_packets`` from segments already read with ``pcap_segments``."""
     out = []
+    for client, relay in set(connections):
+        out += segments.get((client, relay), [])
+        out += [(t, -size) for t, size in segments.get((relay, client), [])]
+    return sorted(out)
+
+
+def pcap_segments(path: str | os.PathLike[str]) -> dict[tuple[int, int], list[tuple[float, int]]]:
+    """Every data-carrying TCP segment of a pcap as (timestamp, payload size), by (source port,
+    destination port): read once, shared by every capture of one tcpdump."""
+    out: dict[tuple[int, int], list[tuple[float, int]]] = {}
     with open(path, "rb") as fh:
         try:
             reader = dpkt.pcap.Reader(fh)
@@ -267,12 +282,8 @@ def pcap_packets(path: str | os.PathLike[str], connections: Iterable[tuple[int, 
             tcp = ip.data
             # Payload from the IP lengths: with a snaplen the captured data is cut short.
             payload = ip.len - ip.hl * 4 - tcp.off * 4
-            if payload <= 0:
-                continue
-            if (tcp.sport, tcp.dport) in pairs:
-                out.append((float(ts), payload))
-            elif (tcp.dport, tcp.sport) in pairs:
-                out.append((float(ts), -payload))
+            if payload > 0:
+                out.setdefault((tcp.sport, tcp.dport), []).append((float(ts), payload))
     return out
 
 
@@ -394,8 +405,11 @@ class Capture:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def stop(self) -> Path:
-        """Stop capturing (by PID, nothing left running) and write the flow file; returns its path."""
+    def stop(self, segments: dict[tuple[int, int], list[tuple[float, int]]] | None = None) -> Path:
+        """Stop capturing (by PID, nothing left running) and write the flow file; returns its path.
+
+        ``segments``: a shared tcpdump's file already read (``pcap_segments``), for a capture started
+        with ``shared_pcap``; otherwise this capture's own tcpdump is stopped and its file read."""
         if self._path is not None:
             return self._path
         end = self.clock()
@@ -404,8 +418,10 @@ class Capture:
             self._watcher.join()
         self._look()
         if self.source == "tcpdump":
-            _stop_tcpdump(self._proc, self.pcap_path)
-            records = [r for r in pcap_packets(self.pcap_path, [(c.local_port, c.remote_port) for c in self.connections])
+            if segments is None:
+                _stop_tcpdump(self._proc, self.pcap_path)
+                segments = pcap_segments(self.pcap_path)
+            records = [r for r in packets_on(segments, [(c.local_port, c.remote_port) for c in self.connections])
                        if self.start <= r[0] <= end]
         else:
             self._control.close()
@@ -546,15 +562,18 @@ def client_tor(home: str | os.PathLike[str]) -> tuple[int, int, Path]:
 def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, control_port: int,
                   cookie_path: str | os.PathLike[str] | None = None, source: str = "auto",
                   interface: str = "lo", clock: Callable[[], float] = time.time,
-                  start_timeout: float = START_TIMEOUT, home: str | os.PathLike[str] | None = None) -> Capture:
+                  start_timeout: float = START_TIMEOUT, home: str | os.PathLike[str] | None = None,
+                  shared_pcap: Path | None = None) -> Capture:
     """Start capturing the guard link of the client tor ``tor_pid`` (a bootstrapped
     tor on the private network, control port ``control_port``) into ``out/name.jsonl``.
 
     ``source`` is ``auto`` (tcpdump if it may capture, else control-port
     events), ``tcpdump`` or ``control``. With the daemon's ``home``, a tcpdump
     capture follows the tor the daemon starts after a restart (``client_tor``);
-    the control-port events end with the tor they were asked of. Raises CaptureError with the reason if
-    the source asked for cannot run, or the tor has no OR connection yet.
+    the control-port events end with the tor they were asked of. With ``shared_pcap`` (a file a tcpdump
+    started with ``start_shared_tcpdump`` is writing) the capture starts no tcpdump of its own: it only
+    follows the tor's connections, and ``stop`` takes that file's segments. Raises CaptureError with the
+    reason if the source asked for cannot run, or the tor has no OR connection yet.
     """
     if source not in ("auto", *SOURCES):
         raise CaptureError(f"source must be 'auto', 'tcpdump' or 'control', got {source!r}")
@@ -571,15 +590,16 @@ def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, contr
                       connections=_connections(pairs, links, clock()), start=clock(), clock=clock,
                       home=Path(home) if home is not None else None)
     reasons = []
+    if shared_pcap is not None:
+        _follow(capture, clock)
+        return capture
     if source in ("auto", "tcpdump"):
         if not tcpdump_usable():
             reasons.append("tcpdump is not installed")
         else:
             try:
                 capture._proc = _start_tcpdump(capture.pcap_path, links.or_ports, interface, start_timeout)
-                capture.start = clock()
-                capture._watcher = threading.Thread(target=capture._watch, name=f"capture-{name}", daemon=True)
-                capture._watcher.start()
+                _follow(capture, clock)
                 return capture
             except CaptureError as exc:
                 reasons.append(str(exc))
@@ -592,10 +612,30 @@ def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, contr
     return capture
 
 
+def _follow(capture: Capture, clock: Callable[[], float]) -> None:
+    """Start the look at the tor's connections every POLL seconds (a tcpdump capture)."""
+    capture.start = clock()
+    capture._watcher = threading.Thread(target=capture._watch, name=f"capture-{capture.name}", daemon=True)
+    capture._watcher.start()
+
+
+def start_shared_tcpdump(pcap: Path, control_port: int, cookie_path: Path | None = None, interface: str = "lo",
+                         timeout: float = START_TIMEOUT) -> subprocess.Popen:
+    """One tcpdump for every client of a private network on this machine: all their guard links run to the
+    same relays' ORPorts on loopback, so one capture holds them all and is read once (``pcap_segments``)
+    instead of once per client. The ORPorts come from the consensus of the tor at ``control_port``."""
+    if not tcpdump_usable():
+        raise CaptureError("tcpdump is not installed")
+    pcap.parent.mkdir(parents=True, exist_ok=True)
+    return _start_tcpdump(pcap, query_tor(control_port, cookie_path).or_ports, interface, timeout)
+
+
 # -- the lab's "guard" vantage point (registry.Capture) -----------------------------
 
 GUARD_DIR = "guard"  # traces/<variant>/run<k>/guard/<user>.jsonl: one flow file per watched user
+SHARED_PCAP = "links.pcap"  # guard/links.pcap: the one tcpdump of a run, every user's guard link in it
 _RUNNING: dict[Path, dict[str, Capture]] = {}
+_SHARED: dict[Path, subprocess.Popen] = {}
 
 
 def guard_flow_paths(run_dir: Path) -> list[Path]:
@@ -624,12 +664,20 @@ def start_guard(ctx) -> None:
         return
     running: dict[str, Capture] = {}
     failed: dict[str, str] = {}
+    out = Path(ctx.run_dir) / GUARD_DIR
     _RUNNING[Path(ctx.run_dir)] = running  # before starting any: stop_guard stops what did start
+    shared = None
+    try:
+        _, port, cookie = client_tor(ctx.people[0].home)
+        shared = _SHARED[Path(ctx.run_dir)] = start_shared_tcpdump(out / SHARED_PCAP, port, cookie)
+    except CaptureError:  # each user tries its own tcpdump, then its tor's control-port events, with the reason
+        pass
     for person in ctx.people:
         try:
             pid, port, cookie = client_tor(person.home)
-            running[person.name] = start_capture(Path(ctx.run_dir) / GUARD_DIR, name=person.name, tor_pid=pid,
-                                                 control_port=port, cookie_path=cookie, home=person.home)
+            running[person.name] = start_capture(out, name=person.name, tor_pid=pid, control_port=port,
+                                                 cookie_path=cookie, home=person.home,
+                                                 shared_pcap=out / SHARED_PCAP if shared is not None else None)
         except CaptureError as exc:
             failed[person.name] = str(exc)
     ctx.notes["guard"] = {"captured": bool(running), "failed": failed}
@@ -638,13 +686,25 @@ def start_guard(ctx) -> None:
 def stop_guard(ctx) -> None:
     """Stop every capture of this run (in parallel: tcpdump waits for its file to settle) and index the flows."""
     running = _RUNNING.pop(Path(ctx.run_dir), {})
-    if not running:
-        return
+    shared = _SHARED.pop(Path(ctx.run_dir), None)
+    segments = None
     errors: dict[str, str] = {}
+    if shared is not None:
+        pcap = Path(ctx.run_dir) / GUARD_DIR / SHARED_PCAP
+        _stop_tcpdump(shared, pcap)
+        try:
+            segments = pcap_segments(pcap)
+        except (CaptureError, OSError) as exc:
+            errors.update({name: str(exc) for name in running})
+            for capture in running.values():
+                capture._done.set()  # its watcher ends; there is nothing to write
+            running = {}
+    if not running and not errors:
+        return
 
     def stop(name: str, capture: Capture) -> None:
         try:
-            capture.stop()
+            capture.stop(segments if capture.source == "tcpdump" else None)
         except (CaptureError, OSError) as exc:
             errors[name] = str(exc)
 

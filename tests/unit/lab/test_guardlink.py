@@ -34,6 +34,22 @@ def test_a_pcap_written_by_dpkt_becomes_signed_payload_sizes(tmp_path):
     assert guardlink.pcap_packets(path, [(CLIENT, GUARD), (OTHER, GUARD)])[-1] == (101.5, 99)
 
 
+def test_one_shared_capture_read_once_gives_each_client_its_own_connections(tmp_path):
+    # The lab runs one tcpdump for every user (lab/guardlink.py, start_shared_tcpdump) and reads it once.
+    path = tmp_path / "links.pcap"
+    with open(path, "wb") as fh:
+        writer = dpkt.pcap.Writer(fh, snaplen=128, linktype=dpkt.pcap.DLT_EN10MB)
+        writer.writepkt(segment(OTHER, GUARD, b"o" * 10), ts=99.0)
+        writer.writepkt(segment(CLIENT, GUARD, b"x" * 543), ts=100.25)
+        writer.writepkt(segment(GUARD, OTHER, b"p" * 20), ts=100.5)
+        writer.writepkt(segment(GUARD, CLIENT, b"y" * 1086, cut=128), ts=101.0)
+    segments = guardlink.pcap_segments(path)
+    assert guardlink.packets_on(segments, [(CLIENT, GUARD)]) == guardlink.pcap_packets(path, [(CLIENT, GUARD)]) \
+        == [(100.25, 543), (101.0, -1086)]
+    assert guardlink.packets_on(segments, [(OTHER, GUARD)]) == [(99.0, 10), (100.5, -20)]
+    assert guardlink.packets_on(segments, [(OTHER, 1234)]) == []
+
+
 def test_a_file_that_is_not_a_pcap_is_refused(tmp_path):
     path = tmp_path / "x.pcap"
     path.write_bytes(b"not a capture at all, really")
