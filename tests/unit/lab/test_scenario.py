@@ -116,6 +116,7 @@ def test_builtins_match_the_issue():
     assert {"send-delay", "cover", "reconnect-jitter", "batch", "isolation-shared", "isolation-contact",
             "isolation-profile"} <= names
     assert defences.population == default.population
+    assert 300 <= defences.traffic.duration <= default.traffic.duration
 
 
 def test_the_scenario_client_defaults_are_the_daemons_own_so_an_unset_field_adds_no_option():
