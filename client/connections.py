@@ -33,6 +33,8 @@ TRANSIENT = (LinkClosed, RelayError, NoRelayError, OSError, asyncio.TimeoutError
 """Failures the background loops retry: tor that could not start (yet) included, as a relay that is down."""
 SETTLE = 0.5
 """Seconds of quiet after which ``receive`` takes it that nothing more is waiting."""
+HANDLED_WAIT = 10.0
+"""Most seconds a queue's link stays past its lifetime for a delivery in hand to be acknowledged."""
 COVER_CHECK = 5.0
 """Seconds between looks for new contacts that need cover traffic."""
 FINAL_CODES = ("NO_QUEUE",)
@@ -191,7 +193,10 @@ class QueueRunner:
             while not _stopping():
                 delivery = await self.network.deliveries.get()
                 with self._working():
-                    await self._handle_safely(delivery)
+                    try:
+                        await self._handle_safely(delivery)
+                    finally:
+                        self.network.handled(delivery)
                     self._watch_all()  # handling may have created or replaced queues
                 self._wake_sender()
         finally:
@@ -307,6 +312,13 @@ class QueueRunner:
                 if queue is not None:
                     self.network.unsubscribe(queue)
 
+    async def _until_handled(self, queue: InboundQueue, most: float) -> None:
+        """Wait (at most ``most`` seconds) until no delivery of ``queue`` is in hand."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + most
+        while self.network.in_hand(queue.rid) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
     async def _keep(self, queue: InboundQueue, delay: float) -> None:
         """One queue's life (client/timing.py): open at its own random time, reopen after its own delay."""
         await asyncio.sleep(delay)
@@ -337,6 +349,9 @@ class QueueRunner:
             except TimeoutError:
                 gap = self.timing.gap()
                 if gap is not None:  # presence: closed for a gap of its own, then a new link (client/timing.py)
+                    # A delivery still in hand ACKs over this link: closing first would make the ACK open a
+                    # new link inside the gap (renewing the subscription), and the gap would not show.
+                    await self._until_handled(queue, HANDLED_WAIT)
                     await self.network.drop_link(queue)
                     await asyncio.sleep(gap)
                     continue

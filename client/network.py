@@ -92,6 +92,7 @@ class Network:
         self._opening: dict[str, asyncio.Future[RelayLink]] = {}
         self._subscriptions: dict[bytes, InboundQueue] = {}
         self.deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._in_hand: dict[bytes, int] = {}  # rid -> deliveries pushed and not yet handled
         """Messages pushed to subscribed queues, in arrival order. Each must be ACKed."""
 
     # --- links -------------------------------------------------------------
@@ -239,6 +240,19 @@ class Network:
     def _key(relay: str, tag: str) -> str:
         return f"{tag}@{relay}"
 
+    def handled(self, delivery: Delivery) -> None:
+        """The consumer of ``deliveries`` is done with ``delivery`` (acknowledged, or left to come again)."""
+        rid = delivery.queue.rid
+        left = self._in_hand.get(rid, 0) - 1
+        if left > 0:
+            self._in_hand[rid] = left
+        else:
+            self._in_hand.pop(rid, None)
+
+    def in_hand(self, rid: bytes) -> bool:
+        """Whether a delivery of this queue waits in ``deliveries`` or is being handled (its ACK not sent)."""
+        return rid in self._in_hand
+
     def unsubscribe(self, queue: InboundQueue) -> None:
         self._subscriptions.pop(queue.rid, None)
 
@@ -260,7 +274,9 @@ class Network:
             return
         if isinstance(response, Message):
             # Queued, not handled here: handling ACKs over this link, whose reader is us.
-            self.deliveries.put_nowait(self._open(queue, response))
+            delivery = self._open(queue, response)
+            self._in_hand[rid] = self._in_hand.get(rid, 0) + 1
+            self.deliveries.put_nowait(delivery)
         elif isinstance(response, SubscriptionEnded):
             self._subscriptions.pop(rid, None)
 

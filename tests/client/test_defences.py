@@ -234,6 +234,34 @@ async def test_each_queue_is_online_on_its_own_schedule_and_messages_sent_in_its
     assert all(g > 0 for g in gaps) and statistics.mean(gaps) > 0.2, gaps
 
 
+async def test_a_delivery_in_hand_when_a_lifetime_ends_is_acknowledged_before_the_gap(pair):
+    # Otherwise the ACK opens a new link inside the gap (and renews the subscription): the relay would
+    # see the queue online when its presence says it is not.
+    alice, bob, (bob_alias, alice_alias) = pair
+    a = agent(alice, seed=5, link_lifetime=0.05, link_gap=0.5)  # lifetimes end while a delivery is handled
+    b = agent(bob)
+    acks: list[bool] = []
+    ack, handle = a.network.ack, a._handle
+
+    async def recording_ack(queue, mid):
+        link = a.network._links.get(a.network._key(queue.relay, a.network.tag_of(queue)))
+        acks.append(link is not None and link.is_open)
+        await ack(queue, mid)
+
+    async def slow_handle(delivery):
+        await asyncio.sleep(0.3)
+        await handle(delivery)
+
+    a.network.ack, a._handle = recording_ack, slow_handle
+    try:
+        for i in range(3):
+            await b.send(alice_alias, f"slowly handled {i}")
+        await run_for([a, b], lambda: len([e for e in a.events if e.kind == "message"]) >= 3, timeout=60)
+    finally:
+        await close_agent(a), await close_agent(b)
+    assert len(acks) >= 3 and all(acks), acks  # every ACK on the link that carried its delivery
+
+
 async def test_shared_isolation_puts_every_queue_on_one_socket(tmp_path, nodes):
     relay = nodes("relay")
     alice = Person(tmp_path / "alice", "alice", [relay])
