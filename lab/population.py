@@ -32,7 +32,7 @@ from onionpost.client.queues import InboundQueue, OutboundQueue
 from onionpost.client.rpc import DaemonClient, RpcError
 
 PASSWORD = "population password"
-CONNECTING_AT_ONCE = 6  # conversations being set up at the same time
+CONNECTING_AT_ONCE = 16  # conversations set up at the same time: each handshake step may wait a gap
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ def run_population(scenario: Scenario, workdir: Path, *, progress=print, on_read
             link = _retry_unreachable(lambda: people[a].call("invite", link_only=True, auto_accept=True))["link"]
             _retry_unreachable(lambda: people[b].call("connect", link=link, alias=people[a].name))
 
-        # Several at once: over Tor each invitation and answer builds circuits, seconds each (a daemon serves
+        # Many at once: over Tor each step builds circuits and may wait for a queue's gap (a daemon serves
         # concurrent calls). list() re-raises the first failure.
         with ThreadPoolExecutor(CONNECTING_AT_ONCE, thread_name_prefix="introduce") as pool:
             list(pool.map(introduce, edges))
