@@ -22,6 +22,12 @@ likely linked; a pair a signal has no data for scores 0):
   circuits defeat and ``--isolation shared`` gives away;
 - ``online_overlap``: Jaccard overlap of the time each queue was carried by an
   open session;
+- ``reader_overlap``: the same over the sessions that read each queue only
+  (SUB, ACK, GET...): when each queue's reader was online on it;
+- ``read_write_overlap``: the share of one queue's writing time (sessions that
+  only SENT to it) during which the other queue was being read, averaged over
+  the two directions: the writer of one is the reader of the other, online
+  for both, which is what a conversation is;
 - ``ack_send``: the share of one queue's ACKs followed within ``receipt_window``
   (0.5 s) by a SEND on the other, the larger of the two directions: the
   automatic delivery receipt;
@@ -172,14 +178,16 @@ def min_gaps(sources: list[np.ndarray], targets: list[np.ndarray], *, t0: float 
     return gaps
 
 
-def interval_overlap(intervals: list[np.ndarray]) -> np.ndarray:
-    """``I[a, b]``: total length of the intersection of queue a's and b's
-    intervals (each an (m, 2) array of sorted, disjoint rows)."""
-    n = len(intervals)
-    starts = np.concatenate([np.zeros(0)] + [iv[:, 0] for iv in intervals])
-    ends = np.concatenate([np.zeros(0)] + [iv[:, 1] for iv in intervals])
-    owner = np.repeat(np.arange(n), [len(iv) for iv in intervals])
-    overlap = np.zeros((n, n))
+def interval_overlap(intervals: list[np.ndarray], others: list[np.ndarray] | None = None) -> np.ndarray:
+    """``I[a, b]``: total length of the intersection of queue a's ``intervals``
+    and queue b's (``others``' b-th, if given; each an (m, 2) array of sorted,
+    disjoint rows)."""
+    columns = intervals if others is None else others
+    n = len(columns)
+    starts = np.concatenate([np.zeros(0)] + [iv[:, 0] for iv in columns])
+    ends = np.concatenate([np.zeros(0)] + [iv[:, 1] for iv in columns])
+    owner = np.repeat(np.arange(n), [len(iv) for iv in columns])
+    overlap = np.zeros((len(intervals), n))
     for a, iv in enumerate(intervals):
         if len(iv) == 0 or len(starts) == 0:
             continue
@@ -265,6 +273,26 @@ def online_overlap(pr: Pairs) -> np.ndarray:
     return _ratio(both, length[i] + length[j] - both)
 
 
+def _length(intervals: list[np.ndarray]) -> np.ndarray:
+    return np.asarray([float(np.sum(iv[:, 1] - iv[:, 0])) for iv in intervals])
+
+
+def reader_overlap(pr: Pairs) -> np.ndarray:
+    """Jaccard overlap of the time each queue's reader had a session reading it."""
+    reads = [q.read_intervals for q in pr.queues]
+    inter, length = interval_overlap(reads), _length(reads)
+    both = (inter[pr.i, pr.j] + inter[pr.j, pr.i]) / 2
+    return _ratio(both, length[pr.i] + length[pr.j] - both)
+
+
+def read_write_overlap(pr: Pairs) -> np.ndarray:
+    """Share of one queue's writing time during which the other was being read, the mean of both directions."""
+    reads, writes = [q.read_intervals for q in pr.queues], [q.write_intervals for q in pr.queues]
+    cross, written = interval_overlap(reads, writes), _length(writes)  # cross[a, b] = |read(a) ∩ write(b)|
+    i, j = pr.i, pr.j
+    return (_ratio(cross[i, j], written[j]) + _ratio(cross[j, i], written[i])) / 2
+
+
 def ack_send(pr: Pairs, receipt_window: float = 0.5) -> np.ndarray:
     """Share of one queue's ACKs followed within ``receipt_window`` s by a SEND on
     the other (the delivery receipt), the larger direction."""
@@ -285,6 +313,8 @@ SIGNALS: dict[str, Callable[..., np.ndarray]] = {
     "co_closing_window": co_closing_window,
     "co_session": co_session,
     "online_overlap": online_overlap,
+    "reader_overlap": reader_overlap,
+    "read_write_overlap": read_write_overlap,
     "ack_send": ack_send,
     "send_send": send_send,
 }
@@ -300,6 +330,8 @@ def score_all(pr: Pairs, *, delta: float = 0.1, receipt_window: float = 0.5,
         "co_closing_window": co_closing_window(pr, delta),
         "co_session": co_session(pr),
         "online_overlap": online_overlap(pr),
+        "reader_overlap": reader_overlap(pr),
+        "read_write_overlap": read_write_overlap(pr),
         "ack_send": ack_send(pr, receipt_window),
         "send_send": send_send(pr, reply_window),
     }

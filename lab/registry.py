@@ -126,7 +126,7 @@ def two_relay_linkage(run_dir: Path) -> Scores:
 
 
 register_attack(Attack("relay-linkage", "relay", relay_linkage,
-                       "score every pair of queues on one relay from activity timing (7 signals)"))
+                       "score every pair of queues on one relay from activity timing (every signal of onionpost.lab.linkage)"))
 register_attack(Attack("two-relay-linkage", "two relays", two_relay_linkage,
                        "the same signals over two colluding relays' merged traces"))
 

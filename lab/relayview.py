@@ -86,6 +86,11 @@ class QueueActivity:
     read_sessions: tuple[int, ...] = ()
     """Sessions that carried the queue's reader commands (every queue command but SEND)."""
     intervals: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """Union of the open time of every session that carried the queue (reader's and writers')."""
+    read_intervals: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """The same over ``read_sessions`` only: when its reader was online on it."""
+    write_intervals: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """The same over the sessions that carried only its direct SENDs: when a writer was online on it."""
     closes: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def times(self, command: str) -> np.ndarray:
@@ -380,6 +385,10 @@ def load(trace: Trace,
             sessions=tuple(sp.session for sp in spans),
             read_sessions=tuple(sorted(read_in.get(key, ()))),
             intervals=_merge([(sp.open, end if sp.close is None else sp.close) for sp in spans]),
+            read_intervals=_merge([(sp.open, end if sp.close is None else sp.close) for sp in spans
+                                   if sp.session in read_in.get(key, ())]),
+            write_intervals=_merge([(sp.open, end if sp.close is None else sp.close) for sp in spans
+                                    if sp.session not in read_in.get(key, ())]),
             closes=np.sort(np.asarray([sp.close for sp in spans if sp.close is not None], dtype=float)),
         )
     return RelayView(queues=queues, sessions=sessions, start=start, end=end, events=len(events))

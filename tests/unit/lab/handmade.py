@@ -78,6 +78,13 @@ EXPECTED = {
     "co_session": [0, 1, 0, 0, 0, 0],
     # q1, q2, q3 carried over [0, 100]; q4 over [10, 100.05].
     "online_overlap": [1, 1, 90 / 100.05, 1, 90 / 100.05, 90 / 100.05],
+    # Read only: q1 and q3 over session 1 [0, 100], q2 over session 2 [0, 50], q4 over session 3 [10, 100.05].
+    "reader_overlap": [50 / 100, 1, 90 / 100.05, 50 / 100, 40 / 100.05, 90 / 100.05],
+    # Written (direct SENDs only): q1 over session 2 [0, 50], q2 over session 1 [0, 100]; q3, q4 never.
+    # (q1,q2): q1 read over all of q2's writing, q2 over all of q1's: (1 + 1) / 2; (q1,q3): q3 read
+    # over all of q1's writing: (0 + 1) / 2; (q1,q4): q4 read over [10, 50] of q1's [0, 50]: (0 + 0.8) / 2;
+    # (q2,q3): (0 + 1) / 2; (q2,q4): q4 read over [10, 100] of q2's [0, 100]: (0 + 0.9) / 2; (q3,q4): 0.
+    "read_write_overlap": [1, 0.5, 0.4, 0.5, 0.45, 0],
     # The one ACK (q1 @20.1) is followed by q2's SEND @20.3.
     "ack_send": [1, 0, 0, 0, 0, 0],
     # SENDs: q1 @20.0, q2 @20.3, q4 @30 (forwarded); q3 none.

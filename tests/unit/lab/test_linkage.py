@@ -163,8 +163,9 @@ def test_interval_overlap_equals_brute_force(seed):
 
 POPULATION = {"n_people": 80, "contacts": 2, "seed": 11}
 # What the correlated mode builds in: a person's queues SUBscribed and closed
-# together (same person); its sessions also carry the queues it writes, so the
-# two queues of a conversation share sessions (co_closing); receipts within 0.1 s
+# together (same person; read in one session: reader_overlap); its sessions also
+# carry the queues it writes, so the two queues of a conversation share sessions
+# (co_closing) and each is read while the other is written (read_write_overlap); receipts within 0.1 s
 # of each ACK (ack_send) and replies within 60 s (send_send) on the reverse queue.
 MATCHING = [
     ("co_subscription", "same_person"),
@@ -172,12 +173,15 @@ MATCHING = [
     ("co_closing", "same_person"),
     ("co_closing_window", "same_person"),
     ("co_session", "same_person"),
+    ("reader_overlap", "same_person"),
     ("co_closing", "same_conversation"),
+    ("read_write_overlap", "same_conversation"),
     ("ack_send", "same_conversation"),
     ("send_send", "same_conversation"),
 ]
 # Built in for neither question: SUB instants and ACK->receipt say nothing of the other.
-UNRELATED = [("co_subscription", "same_conversation"), ("ack_send", "same_person"), ("co_session", "same_conversation")]
+UNRELATED = [("co_subscription", "same_conversation"), ("ack_send", "same_person"), ("co_session", "same_conversation"),
+             ("reader_overlap", "same_conversation"), ("read_write_overlap", "same_person")]
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +249,12 @@ def test_evaluate_is_cheap():
     results = linkage.evaluate(larger)
     assert results["pairs"]["total"] == 80 * 79 // 2
     assert time.perf_counter() - started < 1.0
+
+
+def test_the_docs_count_the_signals_there_are():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "lab.md").read_text(encoding="utf-8")
+    assert f"`onionpost.lab.linkage`'s {len(linkage.SIGNALS)} timing signals" in docs
+    for name in linkage.SIGNALS:
+        assert name in linkage.__doc__, name
