@@ -361,10 +361,11 @@ _DEFAULT = LabScenario(
     population=Population(users=20, mean_degree=3.0),
     traffic=Traffic(rate=1.0, duration=600.0, churn_rate=0.5),
 )
-# Five minutes a variant, not the default's ten: 11 runs over Tor fit in about 100 minutes on 2 cores.
+# Five minutes of traffic a variant, not the default's ten: 11 runs over Tor (about 11 minutes each
+# with setup) fit in about two hours on 2 cores.
 _DEFENCES = replace(
     _DEFAULT, name="defences",
-    description="the default population once per defence and isolation mode, 5 minutes each (~100 min)",
+    description="the default population once per defence and isolation mode, 5 minutes of traffic each (~2 h)",
     traffic=replace(_DEFAULT.traffic, duration=300.0),
     variants=(
         Variant("defaults"),
