@@ -151,12 +151,7 @@ class Agent(QueueRunner):
 
     async def close(self, *, spread_closes: bool = False) -> None:
         """Stop; with ``spread_closes`` each link closes at its own random time (client/timing.py)."""
-        tasks = [*self._keepers.values(), *self._accepting.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._keepers.clear()
-        self._accepting.clear()
+        await self._cancel_background()
         await self.network.close(self.timing.close_delay if spread_closes else None)
 
     def _event(self, kind: str, contact: str | None, text: str, **data) -> None:

@@ -204,12 +204,7 @@ class QueueRunner:
                 if task is not None:
                     task.cancel()
             await asyncio.gather(*(t for t in (sender, cover) if t is not None), return_exceptions=True)
-            tasks = [*self._keepers.values(), *self._accepting.values()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._keepers.clear()
-            self._accepting.clear()
+            await self._cancel_background()
             self._first_attempts.clear()
             self._wake = None
 
@@ -311,6 +306,15 @@ class QueueRunner:
                     keeper.cancel()
                 if queue is not None:
                     self.network.unsubscribe(queue)
+
+    async def _cancel_background(self) -> None:
+        """Cancel every queue's keeper and every automatic accept, and wait for them to end."""
+        tasks = [*self._keepers.values(), *self._accepting.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._keepers.clear()
+        self._accepting.clear()
 
     async def _until_handled(self, queue: InboundQueue, most: float) -> None:
         """Wait (at most ``most`` seconds) until no delivery of ``queue`` is in hand."""

@@ -92,8 +92,8 @@ class Network:
         self._opening: dict[str, asyncio.Future[RelayLink]] = {}
         self._subscriptions: dict[bytes, InboundQueue] = {}
         self.deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
-        self._in_hand: dict[bytes, int] = {}  # rid -> deliveries pushed and not yet handled
         """Messages pushed to subscribed queues, in arrival order. Each must be ACKed."""
+        self._in_hand: dict[bytes, int] = {}  # rid -> deliveries pushed and not yet handled
 
     # --- links -------------------------------------------------------------
 

@@ -409,7 +409,7 @@ class Capture:
         """Stop capturing (by PID, nothing left running) and write the flow file; returns its path.
 
         ``segments``: a shared tcpdump's file already read (``pcap_segments``), for a capture started
-        with ``shared_pcap``; otherwise this capture's own tcpdump is stopped and its file read."""
+        with ``shared``; otherwise this capture's own tcpdump is stopped and its file read."""
         if self._path is not None:
             return self._path
         end = self.clock()
@@ -563,16 +563,16 @@ def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, contr
                   cookie_path: str | os.PathLike[str] | None = None, source: str = "auto",
                   interface: str = "lo", clock: Callable[[], float] = time.time,
                   start_timeout: float = START_TIMEOUT, home: str | os.PathLike[str] | None = None,
-                  shared_pcap: Path | None = None) -> Capture:
+                  shared: bool = False) -> Capture:
     """Start capturing the guard link of the client tor ``tor_pid`` (a bootstrapped
     tor on the private network, control port ``control_port``) into ``out/name.jsonl``.
 
     ``source`` is ``auto`` (tcpdump if it may capture, else control-port
     events), ``tcpdump`` or ``control``. With the daemon's ``home``, a tcpdump
     capture follows the tor the daemon starts after a restart (``client_tor``);
-    the control-port events end with the tor they were asked of. With ``shared_pcap`` (a file a tcpdump
-    started with ``start_shared_tcpdump`` is writing) the capture starts no tcpdump of its own: it only
-    follows the tor's connections, and ``stop`` takes that file's segments. Raises CaptureError with the
+    the control-port events end with the tor they were asked of. With ``shared`` (a tcpdump started
+    with ``start_shared_tcpdump`` captures every client) the capture starts no tcpdump of its own: it
+    only follows the tor's connections, and ``stop`` takes that file's segments. Raises CaptureError with the
     reason if the source asked for cannot run, or the tor has no OR connection yet.
     """
     if source not in ("auto", *SOURCES):
@@ -590,7 +590,7 @@ def start_capture(out: str | os.PathLike[str], *, name: str, tor_pid: int, contr
                       connections=_connections(pairs, links, clock()), start=clock(), clock=clock,
                       home=Path(home) if home is not None else None)
     reasons = []
-    if shared_pcap is not None:
+    if shared:
         _follow(capture, clock)
         return capture
     if source in ("auto", "tcpdump"):
@@ -677,7 +677,7 @@ def start_guard(ctx) -> None:
             pid, port, cookie = client_tor(person.home)
             running[person.name] = start_capture(out, name=person.name, tor_pid=pid, control_port=port,
                                                  cookie_path=cookie, home=person.home,
-                                                 shared_pcap=out / SHARED_PCAP if shared is not None else None)
+                                                 shared=shared is not None)
         except CaptureError as exc:
             failed[person.name] = str(exc)
     ctx.notes["guard"] = {"captured": bool(running), "failed": failed}

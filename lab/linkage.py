@@ -264,25 +264,25 @@ def co_session(pr: Pairs) -> np.ndarray:
 
 def online_overlap(pr: Pairs) -> np.ndarray:
     """Jaccard overlap of the time each queue had an open session carrying it."""
-    intervals = [q.intervals for q in pr.queues]
-    inter = interval_overlap(intervals)
-    length = np.asarray([float(np.sum(iv[:, 1] - iv[:, 0])) for iv in intervals])
-    i, j = pr.i, pr.j
-    # Symmetrised: the two directions differ only by float rounding.
-    both = (inter[i, j] + inter[j, i]) / 2
-    return _ratio(both, length[i] + length[j] - both)
+    return _jaccard(pr, [q.intervals for q in pr.queues])
+
+
+def reader_overlap(pr: Pairs) -> np.ndarray:
+    """Jaccard overlap of the time each queue's reader had a session reading it."""
+    return _jaccard(pr, [q.read_intervals for q in pr.queues])
 
 
 def _length(intervals: list[np.ndarray]) -> np.ndarray:
     return np.asarray([float(np.sum(iv[:, 1] - iv[:, 0])) for iv in intervals])
 
 
-def reader_overlap(pr: Pairs) -> np.ndarray:
-    """Jaccard overlap of the time each queue's reader had a session reading it."""
-    reads = [q.read_intervals for q in pr.queues]
-    inter, length = interval_overlap(reads), _length(reads)
-    both = (inter[pr.i, pr.j] + inter[pr.j, pr.i]) / 2
-    return _ratio(both, length[pr.i] + length[pr.j] - both)
+def _jaccard(pr: Pairs, intervals: list[np.ndarray]) -> np.ndarray:
+    """|a ∩ b| / |a ∪ b| of each pair's intervals."""
+    inter, length = interval_overlap(intervals), _length(intervals)
+    i, j = pr.i, pr.j
+    # Symmetrised: the two directions differ only by float rounding.
+    both = (inter[i, j] + inter[j, i]) / 2
+    return _ratio(both, length[i] + length[j] - both)
 
 
 def read_write_overlap(pr: Pairs) -> np.ndarray:

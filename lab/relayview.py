@@ -375,6 +375,8 @@ def load(trace: Trace,
         row = truth_by_rid.get(key, {})
         sends = sorted(forwarded.get(key, []))
         spans = [sessions[s] for s in sorted(carried.get(key, ()))]
+        reading = read_in.get(key, set())
+        open_time = [(sp.open, end if sp.close is None else sp.close) for sp in spans]
         queues[key] = QueueActivity(
             key=key, rid=rid, snd=snd,
             name=row.get("name"), reader=row.get("reader"), writer=row.get("writer"),
@@ -383,12 +385,10 @@ def load(trace: Trace,
             send_forwarded=np.asarray([f for _, f in sends], dtype=bool),
             msgs=np.sort(np.asarray(msgs.get(key, []), dtype=float)),
             sessions=tuple(sp.session for sp in spans),
-            read_sessions=tuple(sorted(read_in.get(key, ()))),
-            intervals=_merge([(sp.open, end if sp.close is None else sp.close) for sp in spans]),
-            read_intervals=_merge([(sp.open, end if sp.close is None else sp.close) for sp in spans
-                                   if sp.session in read_in.get(key, ())]),
-            write_intervals=_merge([(sp.open, end if sp.close is None else sp.close) for sp in spans
-                                    if sp.session not in read_in.get(key, ())]),
+            read_sessions=tuple(sorted(reading)),
+            intervals=_merge(open_time),
+            read_intervals=_merge([t for sp, t in zip(spans, open_time) if sp.session in reading]),
+            write_intervals=_merge([t for sp, t in zip(spans, open_time) if sp.session not in reading]),
             closes=np.sort(np.asarray([sp.close for sp in spans if sp.close is not None], dtype=float)),
         )
     return RelayView(queues=queues, sessions=sessions, start=start, end=end, events=len(events))
